@@ -1,0 +1,241 @@
+"""The ops layer: one free function per kernel operation, on plain int fds.
+
+Each function issues the ioctl through cffi, retries EINTR (and EAGAIN where the
+kernel uses it for "try again"), and turns a failure into a :mod:`pydmabuf.errors`
+exception carrying errno. Nothing here owns an fd or knows about backends; hints
+that need context (which heap, which device) are added by the caller through
+``hints``.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+
+from . import _ffi
+from ._ffi import ffi, lib
+from .errors import error
+
+Hints = dict[int, str]
+_ioctl = lib.ioctl
+_RETRY = (E.EINTR, E.EAGAIN)
+
+
+def fail(what: str, hints: Hints | None = None, code: int | None = None) -> OSError:
+    code = ffi.errno if code is None else code
+    return error(code, what, hints.get(code) if hints else None)
+
+
+def ioctl(fd: int, request: int, arg: object, what: str, hints: Hints | None = None) -> int:
+    """ioctl(2) with EINTR/EAGAIN retried; returns the ioctl's non-negative result."""
+    while True:
+        ret: int = _ioctl(fd, request, arg)
+        if ret >= 0:
+            return ret
+        if ffi.errno not in _RETRY:
+            raise fail(what, hints)
+
+
+# --- dma-buf ---------------------------------------------------------------------------
+
+# The kernel only reads this struct, so one shared instance per flag value is safe
+# across threads and saves an allocation on the hottest path (cpu_access).
+_SYNC_ARGS = {
+    flags: ffi.new("struct dma_buf_sync *", {"flags": flags})
+    for flags in range(_ffi.lib.DMA_BUF_SYNC_VALID_FLAGS_MASK + 1)
+}
+_SYNC = _ffi.DMA_BUF_IOCTL_SYNC
+
+
+def dma_buf_sync(fd: int, flags: int) -> None:
+    arg = _SYNC_ARGS.get(flags)
+    if arg is None:
+        raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
+    while _ioctl(fd, _SYNC, arg) < 0:
+        if ffi.errno not in _RETRY:
+            raise fail("DMA_BUF_IOCTL_SYNC")
+
+
+def dma_buf_set_name(fd: int, name: bytes) -> None:
+    # The ioctl argument is the string pointer itself, not a struct.
+    ioctl(fd, _ffi.DMA_BUF_SET_NAME_B, ffi.new("char[]", name), "DMA_BUF_SET_NAME")
+
+
+_EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
+
+
+def dma_buf_export_sync_file(fd: int, flags: int) -> int:
+    arg = ffi.new("struct dma_buf_export_sync_file *")
+    arg.flags = flags
+    while _ioctl(fd, _EXPORT, arg) < 0:
+        if ffi.errno not in _RETRY:
+            raise fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
+    return arg.fd  # type: ignore[no-any-return]
+
+
+def dma_buf_import_sync_file(fd: int, sync_fd: int, flags: int) -> None:
+    arg = ffi.new("struct dma_buf_import_sync_file *", {"flags": flags, "fd": sync_fd})
+    ioctl(fd, _ffi.DMA_BUF_IOCTL_IMPORT_SYNC_FILE, arg, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE")
+
+
+# --- dma-heap ------------------------------------------------------------------------
+
+_ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
+
+
+def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None) -> int:
+    # A fresh, zeroed struct every call: the kernel rejects a non-zero input fd field.
+    arg = ffi.new("struct dma_heap_allocation_data *")
+    arg.len = length
+    arg.fd_flags = fd_flags
+    while _ioctl(heap_fd, _ALLOC, arg) < 0:
+        if ffi.errno not in _RETRY:
+            raise fail("DMA_HEAP_IOCTL_ALLOC", hints)
+    return arg.fd  # type: ignore[no-any-return]
+
+
+# --- udmabuf -------------------------------------------------------------------------
+
+def udmabuf_create_list(
+    dev_fd: int, items: list[tuple[int, int, int]], flags: int, hints: Hints | None = None
+) -> int:
+    """UDMABUF_CREATE_LIST (also used for one item); returns the new dma-buf fd."""
+    arg = ffi.new("struct udmabuf_create_list *", len(items))
+    arg.flags = flags
+    arg.count = len(items)
+    for slot, (memfd, offset, size) in zip(arg.list, items):
+        slot.memfd = memfd
+        slot.offset = offset
+        slot.size = size
+    return ioctl(dev_fd, _ffi.UDMABUF_CREATE_LIST, arg, "UDMABUF_CREATE_LIST", hints)
+
+
+def udmabuf_create(
+    dev_fd: int, memfd: int, offset: int, size: int, flags: int, hints: Hints | None = None
+) -> int:
+    arg = ffi.new("struct udmabuf_create *", {"memfd": memfd, "flags": flags, "offset": offset, "size": size})
+    return ioctl(dev_fd, _ffi.UDMABUF_CREATE, arg, "UDMABUF_CREATE", hints)
+
+
+# --- sync_file -----------------------------------------------------------------------
+
+def sync_merge(fd: int, other_fd: int, name: bytes) -> int:
+    arg = ffi.new("struct sync_merge_data *")
+    arg.name = name[:31]
+    arg.fd2 = other_fd
+    ioctl(fd, _ffi.SYNC_IOC_MERGE, arg, "SYNC_IOC_MERGE")
+    return arg.fence  # type: ignore[no-any-return]
+
+
+FenceTuple = tuple[str, str, int, int]  # obj_name, driver_name, status, timestamp_ns
+
+
+def sync_file_info(fd: int) -> tuple[str, int, list[FenceTuple]]:
+    """Two-call SYNC_IOC_FILE_INFO: (name, status, per-fence tuples)."""
+    info = ffi.new("struct sync_file_info *")
+    ioctl(fd, _ffi.SYNC_IOC_FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+    count = info.num_fences
+    fences = ffi.new("struct sync_fence_info[]", max(count, 1))
+    info = ffi.new("struct sync_file_info *")
+    info.num_fences = count
+    info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
+    ioctl(fd, _ffi.SYNC_IOC_FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+    out = [
+        (_str(f.obj_name), _str(f.driver_name), f.status, f.timestamp_ns)
+        for f in fences[0 : info.num_fences]
+    ]
+    return _str(info.name), info.status, out
+
+
+def sync_set_deadline(fd: int, deadline_ns: int) -> None:
+    arg = ffi.new("struct sync_set_deadline *", {"deadline_ns": deadline_ns})
+    ioctl(fd, _ffi.SYNC_IOC_SET_DEADLINE, arg, "SYNC_IOC_SET_DEADLINE")
+
+
+def sw_sync_create_fence(timeline_fd: int, value: int) -> int:
+    arg = ffi.new("struct sw_sync_create_fence_data *", {"value": value})
+    ioctl(timeline_fd, _ffi.SW_SYNC_IOC_CREATE_FENCE, arg, "SW_SYNC_IOC_CREATE_FENCE")
+    return arg.fence  # type: ignore[no-any-return]
+
+
+def sw_sync_inc(timeline_fd: int, step: int) -> None:
+    ioctl(timeline_fd, _ffi.SW_SYNC_IOC_INC, ffi.new("uint32_t *", step), "SW_SYNC_IOC_INC")
+
+
+# --- DRM / vgem ----------------------------------------------------------------------
+
+def drm_driver_name(fd: int) -> str:
+    version = ffi.new("struct drm_version *")
+    ioctl(fd, _ffi.DRM_IOCTL_VERSION, version, "DRM_IOCTL_VERSION")
+    name = ffi.new("char[]", version.name_len + 1)
+    version = ffi.new("struct drm_version *", {"name_len": len(name) - 1, "name": name})
+    ioctl(fd, _ffi.DRM_IOCTL_VERSION, version, "DRM_IOCTL_VERSION")
+    return _str(name)
+
+
+def drm_create_dumb(fd: int, width: int, height: int, bpp: int) -> tuple[int, int]:
+    """(handle, size) of a new dumb buffer."""
+    arg = ffi.new("struct drm_mode_create_dumb *", {"width": width, "height": height, "bpp": bpp})
+    ioctl(fd, _ffi.DRM_IOCTL_MODE_CREATE_DUMB, arg, "DRM_IOCTL_MODE_CREATE_DUMB")
+    return arg.handle, arg.size
+
+
+def drm_prime_handle_to_fd(fd: int, handle: int, flags: int) -> int:
+    arg = ffi.new("struct drm_prime_handle *", {"handle": handle, "flags": flags})
+    ioctl(fd, _ffi.DRM_IOCTL_PRIME_HANDLE_TO_FD, arg, "DRM_IOCTL_PRIME_HANDLE_TO_FD")
+    return arg.fd  # type: ignore[no-any-return]
+
+
+def drm_gem_close(fd: int, handle: int) -> None:
+    arg = ffi.new("struct drm_gem_close *", {"handle": handle})
+    ioctl(fd, _ffi.DRM_IOCTL_GEM_CLOSE, arg, "DRM_IOCTL_GEM_CLOSE")
+
+
+def vgem_fence_attach(fd: int, handle: int, flags: int) -> int:
+    arg = ffi.new("struct drm_vgem_fence_attach *", {"handle": handle, "flags": flags})
+    ioctl(fd, _ffi.DRM_IOCTL_VGEM_FENCE_ATTACH, arg, "DRM_IOCTL_VGEM_FENCE_ATTACH")
+    return arg.out_fence  # type: ignore[no-any-return]
+
+
+def vgem_fence_signal(fd: int, fence_id: int) -> None:
+    arg = ffi.new("struct drm_vgem_fence_signal *", {"fence": fence_id})
+    ioctl(fd, _ffi.DRM_IOCTL_VGEM_FENCE_SIGNAL, arg, "DRM_IOCTL_VGEM_FENCE_SIGNAL")
+
+
+# --- generic fd facts ----------------------------------------------------------------
+
+DMA_BUF_MAGIC = 0x444D4142
+ANON_INODE_FS_MAGIC = 0x09041934
+
+
+def fs_magic(fd: int) -> int:
+    """``fstatfs(fd).f_type``: f_type is the first (long) field on every Linux ABI we run on."""
+    buf = ffi.new("long[32]")  # struct statfs is 120 bytes on LP64
+    if lib.fstatfs(fd, buf) < 0:
+        raise fail("fstatfs")
+    return buf[0] & 0xFFFFFFFF  # type: ignore[no-any-return]
+
+
+def buffer_size(fd: int) -> int:
+    """A dma-buf's size: lseek(SEEK_END) works on every kernel since 3.12."""
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as exc:
+        raise error(exc.errno or E.EINVAL, "lseek on dma-buf") from None
+    return size
+
+
+SYS_PIDFD_GETFD = 438  # same number on x86_64 and aarch64 (asm-generic)
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    ret: int = lib.syscall(ffi.cast("long", SYS_PIDFD_GETFD), ffi.cast("int", pidfd),
+                           ffi.cast("int", target_fd), ffi.cast("unsigned int", 0))
+    if ret < 0:
+        raise fail("pidfd_getfd")
+    return ret
+
+
+def _str(chars: object) -> str:
+    return ffi.string(chars).decode("utf-8", "replace")  # type: ignore[no-any-return, union-attr]

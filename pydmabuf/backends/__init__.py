@@ -1,0 +1,67 @@
+"""Backend selection: ``PYDMABUF_BACKEND=auto|kernel|fallback`` (default auto).
+
+auto picks the kernel when ``/dev/dma_heap`` or ``/dev/udmabuf`` exists, else the
+fallback. Asking for ``kernel`` where it cannot work is an error, never a silent
+fallback.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import invalid, unsupported
+from .base import Backend, TimelineSource
+
+__all__ = ["Backend", "TimelineSource", "get_backend", "default_name", "BACKEND_NAMES"]
+
+BACKEND_NAMES = ("kernel", "fallback")
+_instances: dict[str, Backend] = {}
+_default: str | None = None
+
+
+def _requested() -> str:
+    choice = os.environ.get("PYDMABUF_BACKEND", "auto").strip().lower() or "auto"
+    if choice not in ("auto", *BACKEND_NAMES):
+        raise invalid(f"PYDMABUF_BACKEND={choice!r}: expected auto, kernel or fallback")
+    return choice
+
+
+def default_name() -> str:
+    """The name of the default backend, chosen once per process."""
+    global _default
+    if _default is None:
+        from . import kernel
+
+        choice = _requested()
+        if choice == "auto":
+            choice = "kernel" if kernel.available() else "fallback"
+        elif choice == "kernel" and not kernel.available():
+            raise unsupported(
+                "PYDMABUF_BACKEND=kernel but neither /dev/dma_heap nor /dev/udmabuf exists "
+                "(kernel without CONFIG_DMABUF_HEAPS/CONFIG_UDMABUF); unset it to use the "
+                "fallback backend"
+            )
+        _default = choice
+    return _default
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """A backend by name ("kernel", "fallback"), or the default one for None."""
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = default_name()
+    backend = _instances.get(name)
+    if backend is None:
+        if name == "kernel":
+            from .kernel import KernelBackend
+
+            backend = KernelBackend()
+        elif name == "fallback":
+            from .fallback import FallbackBackend
+
+            backend = FallbackBackend()
+        else:
+            raise invalid(f"unknown backend {name!r}: expected one of {BACKEND_NAMES}")
+        _instances[name] = backend
+    return backend

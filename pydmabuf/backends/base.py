@@ -1,0 +1,100 @@
+"""The small interface every backend implements.
+
+The public classes hold a backend and an fd and call these methods; they never ask
+which backend they have. Everything that differs between the real kernel and the
+emulation lives behind this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from ..info import BufferInfo, FenceInfo
+
+Range = tuple[int, int, int]  # (memfd, offset, size)
+
+
+class TimelineSource(ABC):
+    """A fence source whose fences signal when ``signal`` reaches their point."""
+
+    kind: str
+
+    @abstractmethod
+    def fence(self, point: int) -> int:
+        """A new sync-file fd that signals once the timeline reaches ``point``."""
+
+    @abstractmethod
+    def signal(self, point: int) -> None:
+        """Advance to ``point`` (never backwards), signaling every fence at or below it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the source. Pending fences signal (as vgem and sw_sync do)."""
+
+
+class Backend(ABC):
+    name: str
+    exporter: str  # what BufferInfo.exporter says for this backend's buffers
+
+    # The hottest call, DMA_BUF_IOCTL_SYNC: a plain function attribute (fd, flags),
+    # so cpu_access pays no extra Python frame.
+    sync: Callable[[int, int], None]
+
+    # --- buffers -------------------------------------------------------------------
+    @abstractmethod
+    def heaps(self) -> list[str]: ...
+
+    @abstractmethod
+    def open_heap(self, name: str) -> int: ...
+
+    @abstractmethod
+    def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
+        """A new read-write, close-on-exec buffer fd of at least ``size`` bytes."""
+
+    @abstractmethod
+    def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
+        """(fd, offset of the buffer inside fd, size) sharing the memfds' pages."""
+
+    @abstractmethod
+    def check_buffer(self, fd: int) -> tuple[int, int]:
+        """(size, offset) of an fd claimed to be a buffer; InvalidArgumentError if not."""
+
+    @abstractmethod
+    def buffer_name(self, fd: int) -> str | None: ...
+
+    @abstractmethod
+    def set_name(self, fd: int, name: bytes) -> None: ...
+
+    @abstractmethod
+    def buffer_info(self, fd: int, size: int) -> BufferInfo: ...
+
+    @abstractmethod
+    def export_sync_file(self, fd: int, flags: int) -> int: ...
+
+    @abstractmethod
+    def import_sync_file(self, fd: int, sync_fd: int, flags: int) -> None: ...
+
+    @abstractmethod
+    def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
+        """What to poll for a buffer's implicit fences: (fd, events, fd_is_new).
+        A new fd is the caller's to close."""
+
+    # --- sync files ----------------------------------------------------------------
+    @abstractmethod
+    def check_sync_file(self, fd: int) -> None: ...
+
+    @abstractmethod
+    def merge(self, fd: int, other_fd: int, name: str) -> int: ...
+
+    @abstractmethod
+    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]: ...
+
+    @abstractmethod
+    def set_deadline(self, fd: int, deadline_ns: int) -> None: ...
+
+    @abstractmethod
+    def timeline(self) -> TimelineSource: ...
+
+    def __repr__(self) -> str:
+        return f"<pydmabuf backend {self.name!r}>"

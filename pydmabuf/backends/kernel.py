@@ -1,0 +1,119 @@
+"""The real thing: dma-heaps, udmabuf and sync_file ioctls on kernel fds."""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import select
+
+from .. import _fdinfo, _ops
+from ..errors import (
+    CMA_HINT,
+    HEAP_PERMISSION_HINT,
+    UDMABUF_EINVAL_HINT,
+    UDMABUF_PERMISSION_HINT,
+    error,
+    invalid,
+    unsupported,
+)
+from ..info import BufferInfo, FenceInfo
+from .base import Backend, Range, TimelineSource
+
+HEAP_DIR = "/dev/dma_heap"
+UDMABUF_DEV = "/dev/udmabuf"
+O_RDWR_CLOEXEC = os.O_RDWR | os.O_CLOEXEC  # O_CLOEXEC alone gives a read-only buffer
+
+_UDMABUF_HINTS = {E.EINVAL: UDMABUF_EINVAL_HINT, E.EACCES: UDMABUF_PERMISSION_HINT,
+                  E.EBADFD: "each range needs a memfd (shmem) fd"}
+
+
+def available() -> bool:
+    return os.path.isdir(HEAP_DIR) or os.path.exists(UDMABUF_DEV)
+
+
+class KernelBackend(Backend):
+    name = "kernel"
+    exporter = ""  # the kernel names its exporters ("system", "udmabuf", "drm")
+    sync = staticmethod(_ops.dma_buf_sync)
+
+    def heaps(self) -> list[str]:
+        try:
+            return sorted(os.listdir(HEAP_DIR))
+        except FileNotFoundError:
+            return []
+
+    def open_heap(self, name: str) -> int:
+        path = os.path.join(HEAP_DIR, name)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise error(E.ENOENT, f"no dma-heap {name!r}",
+                        f"available: {', '.join(self.heaps()) or 'none'}") from None
+        except PermissionError as exc:
+            raise error(exc.errno or E.EACCES, f"opening {path}", HEAP_PERMISSION_HINT) from None
+
+    def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
+        hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
+        return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, hints)
+
+    def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
+        try:
+            dev = os.open(UDMABUF_DEV, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise unsupported(f"{UDMABUF_DEV} does not exist (kernel without CONFIG_UDMABUF)") from None
+        except PermissionError as exc:
+            raise error(exc.errno or E.EACCES, f"opening {UDMABUF_DEV}", UDMABUF_PERMISSION_HINT) from None
+        try:
+            fd = _ops.udmabuf_create_list(dev, ranges, 1, _UDMABUF_HINTS)  # UDMABUF_FLAGS_CLOEXEC
+        finally:
+            os.close(dev)
+        return fd, 0, sum(size for _memfd, _offset, size in ranges)
+
+    def check_buffer(self, fd: int) -> tuple[int, int]:
+        if _ops.fs_magic(fd) != _ops.DMA_BUF_MAGIC:
+            raise invalid(f"fd {fd} is not a dma-buf")
+        return _ops.buffer_size(fd), 0
+
+    def buffer_name(self, fd: int) -> str | None:
+        return _fdinfo.read(fd).get("name")
+
+    set_name = staticmethod(_ops.dma_buf_set_name)
+
+    def buffer_info(self, fd: int, size: int) -> BufferInfo:
+        fields = _fdinfo.read(fd)
+        return BufferInfo(
+            size=int(fields.get("size", size)),
+            exporter=fields.get("exp_name", ""),
+            name=fields.get("name"),
+            inode=int(fields.get("ino") or os.fstat(fd).st_ino),
+            count=int(fields.get("count", 0)),
+        )
+
+    export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
+    import_sync_file = staticmethod(_ops.dma_buf_import_sync_file)
+
+    def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
+        # POLLIN: writers done. POLLOUT: everyone done.
+        return fd, select.POLLOUT if write else select.POLLIN, False
+
+    def check_sync_file(self, fd: int) -> None:
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            raise error(E.EBADF, f"fd {fd}") from None
+        if link != "anon_inode:sync_file":
+            raise invalid(f"fd {fd} is not a sync_file ({link})")
+
+    def merge(self, fd: int, other_fd: int, name: str) -> int:
+        return _ops.sync_merge(fd, other_fd, name.encode())
+
+    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]:
+        name, status, fences = _ops.sync_file_info(fd)
+        return name, status, [FenceInfo(*f) for f in fences]
+
+    set_deadline = staticmethod(_ops.sync_set_deadline)
+
+    def timeline(self) -> TimelineSource:
+        from .kernel_timelines import open_timeline
+
+        return open_timeline()

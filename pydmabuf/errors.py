@@ -1,0 +1,122 @@
+"""One exception hierarchy for both backends.
+
+Every failure is a :class:`pydmabuf.Error`, which is an :class:`OSError` carrying
+``errno``. Kernel failures also inherit the matching builtin subclass, so
+``except PermissionError`` and ``except FileNotFoundError`` work as usual. Where the
+fix is known, the message ends with a hint.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno as E
+import os
+
+
+class Error(OSError):
+    """Base class of every pydmabuf exception (an OSError with ``errno`` set)."""
+
+
+class UnsupportedError(Error):
+    """The kernel (or the active backend) lacks this ioctl or feature."""
+
+
+class InvalidArgumentError(Error, ValueError):
+    """Bad input: rejected before or by the kernel (EINVAL)."""
+
+
+class ClosedError(Error, ValueError):
+    """The object is closed; its old fd number is never touched again."""
+
+
+class PermissionDeniedError(Error, builtins.PermissionError):
+    """EACCES/EPERM: a device node or another process refused us."""
+
+
+class NotFoundError(Error, builtins.FileNotFoundError):
+    """ENOENT: no such heap, device or fence."""
+
+
+class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - deliberately shadows
+    """A wait reached its deadline (ETIMEDOUT)."""
+
+
+class OutOfMemoryError(Error, builtins.MemoryError):
+    """ENOMEM: the heap or the machine cannot satisfy the request."""
+
+
+class InterruptedError(Error, builtins.InterruptedError):  # noqa: A001
+    """EINTR that we could not retry (the caller's signal handler asked us to stop)."""
+
+
+class NoSuchProcessError(Error, builtins.ProcessLookupError):
+    """ESRCH: the process is gone."""
+
+
+class BadFileError(Error):
+    """EBADF/EBADFD: the fd is not open, or not the kind of file expected."""
+
+
+_BY_ERRNO: dict[int, type[Error]] = {
+    E.EACCES: PermissionDeniedError,
+    E.EPERM: PermissionDeniedError,
+    E.ENOENT: NotFoundError,
+    E.ENODEV: NotFoundError,
+    E.EINVAL: InvalidArgumentError,
+    E.ETIMEDOUT: TimeoutError,
+    E.ETIME: TimeoutError,
+    E.ENOMEM: OutOfMemoryError,
+    E.EINTR: InterruptedError,
+    E.ESRCH: NoSuchProcessError,
+    E.EBADF: BadFileError,
+    E.EBADFD: BadFileError,
+    E.ENOTTY: UnsupportedError,
+    E.EOPNOTSUPP: UnsupportedError,
+    E.ENOSYS: UnsupportedError,
+}
+
+
+def error(code: int, what: str, hint: str | None = None) -> Error:
+    """The exception for errno ``code`` raised by operation ``what``."""
+    cls = _BY_ERRNO.get(code, Error)
+    message = f"{what}: {os.strerror(code)}"
+    if hint:
+        message += f" ({hint})"
+    return cls(code, message)
+
+
+def invalid(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(E.EINVAL, message)
+
+
+def unsupported(message: str) -> UnsupportedError:
+    return UnsupportedError(E.EOPNOTSUPP, message)
+
+
+def closed(kind: str) -> ClosedError:
+    return ClosedError(E.EBADF, f"operation on a closed {kind}")
+
+
+def timed_out(what: str) -> TimeoutError:
+    return TimeoutError(E.ETIMEDOUT, f"{what}: timed out")
+
+
+# Hints for failures whose fix is known; keyed by (operation, errno).
+HEAP_PERMISSION_HINT = (
+    "dma-heap nodes are root-only by default; add the user to a group that owns them, "
+    'e.g. a udev rule: SUBSYSTEM=="dma_heap", GROUP="video", MODE="0660"'
+)
+UDMABUF_PERMISSION_HINT = (
+    "/dev/udmabuf is usually root:kvm 0660; add the user to the 'kvm' group "
+    "or log in on a local seat (systemd gives it a uaccess ACL)"
+)
+CMA_HINT = (
+    "contiguous (CMA) memory is exhausted or fragmented; free buffers, use the 'system' "
+    "heap or udmabuf, or raise cma= on the kernel command line"
+)
+UDMABUF_EINVAL_HINT = (
+    "udmabuf needs page-aligned offset and size, a memfd created with MFD_ALLOW_SEALING "
+    "and sealed with F_SEAL_SHRINK but not F_SEAL_WRITE, ranges inside the memfd, and a "
+    "total within /sys/module/udmabuf/parameters/size_limit_mb"
+)
+READONLY_MAP_HINT = "the buffer was exported read-only; map it with write=False"

@@ -1,0 +1,78 @@
+"""Heap: an open dma-heap (``/dev/dma_heap/<name>``) that allocates Buffers."""
+
+from __future__ import annotations
+
+import errno as E
+import os
+
+from ._fd import FdHolder
+from ._memfd import page_round
+from .backends import Backend, get_backend
+from .buffer import Buffer
+from .errors import error, invalid
+
+
+def heaps(*, backend: str | Backend | None = None) -> list[str]:
+    """Names of the heaps the backend offers (may include ones you cannot open)."""
+    return get_backend(backend).heaps()
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+_MEMORY = _physical_memory()
+
+
+def check_size(size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise invalid(f"size must be an int, got {type(size).__name__}")
+    if size <= 0:
+        raise invalid(f"size must be > 0, got {size}")
+    return size
+
+
+class Heap(FdHolder):
+    """An open heap. ``allocate`` is a single ioctl; the heap fd stays open until
+    ``close()`` so repeated allocations pay no open/close."""
+
+    __slots__ = ("_backend", "_name")
+    _kind = "Heap"
+
+    def __init__(self, name: str = "system", *, backend: str | Backend | None = None) -> None:
+        self._fd = -1
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise invalid(f"invalid heap name {name!r}")
+        self._backend = get_backend(backend)
+        self._name = name
+        self._fd = self._backend.open_heap(name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    def allocate(self, size: int, *, name: str | None = None) -> Buffer:
+        """A new zeroed, read-write buffer of ``size`` bytes rounded up to pages."""
+        if size > _MEMORY or size <= 0:
+            check_size(size)
+            # The system heap has no cap and its pages are not charged to the caller:
+            # an oversized request makes the OOM killer pick some other process.
+            raise error(E.ENOMEM, f"allocating {size} bytes from heap {self._name!r}",
+                        f"larger than this machine's {_MEMORY} bytes of memory")
+        fd = self._backend.allocate(self.fileno(), self._name, size)
+        buf = Buffer(fd, page_round(size), self._backend)
+        if name is not None:
+            try:
+                buf.set_name(name)
+            except BaseException:
+                buf.close()
+                raise
+        return buf
+
+    def __repr__(self) -> str:
+        state = f"fd={self._fd}" if self._fd >= 0 else "closed"
+        return f"<Heap {self._name!r} {state} backend={self._backend.name}>"
