@@ -83,11 +83,13 @@ def dma_buf_import_sync_file(fd: int, sync_fd: int, flags: int) -> None:
 _ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
 
 
-def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None) -> int:
+def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None,
+               heap_flags: int = 0) -> int:
     # A fresh, zeroed struct every call: the kernel rejects a non-zero input fd field.
     arg = ffi.new("struct dma_heap_allocation_data *")
     arg.len = length
     arg.fd_flags = fd_flags
+    arg.heap_flags = heap_flags
     while _ioctl(heap_fd, _ALLOC, arg) < 0:
         if ffi.errno not in _RETRY:
             raise fail("DMA_HEAP_IOCTL_ALLOC", hints)

@@ -121,8 +121,9 @@ class Buffer(FdHolder):
     def map(self, *, write: bool = True) -> Mapping:
         """Map the whole buffer shared (MAP_PRIVATE is refused by exporters)."""
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+        fd = self.fileno()
         try:
-            return Mapping(self.fileno(), self._size, mmap.MAP_SHARED, prot, offset=self._offset)
+            return Mapping(fd, self._size, mmap.MAP_SHARED, prot, offset=self._offset)
         except PermissionError as exc:
             raise error(exc.errno or 13, "mmap", READONLY_MAP_HINT if write else None) from None
         except OSError as exc:

@@ -57,7 +57,7 @@ class Heap(FdHolder):
 
     def allocate(self, size: int, *, name: str | None = None) -> Buffer:
         """A new zeroed, read-write buffer of ``size`` bytes rounded up to pages."""
-        if size > _MEMORY or size <= 0:
+        if type(size) is not int or size <= 0 or size > _MEMORY:
             check_size(size)
             # The system heap has no cap and its pages are not charged to the caller:
             # an oversized request makes the OOM killer pick some other process.

@@ -1,9 +1,10 @@
-"""A background thread that signals fallback fences derived from other fences.
+"""A background thread that acts when fallback fences signal.
 
 A merged fence must be one pollable fd that any process can wait on, and it must
 signal only when *all* its inputs have. Nothing in the kernel offers "all of" on
-eventfds, so this thread watches the inputs with epoll and writes the output
-eventfd when the last one signals. It runs only while merges are pending.
+eventfds, so this thread watches the inputs with epoll and runs an action (write
+the output eventfd, or drop a buffer's signaled implicit fences) when the last one
+signals. It runs only while something is pending.
 """
 
 from __future__ import annotations
@@ -12,32 +13,41 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 
 from .._fd import dup_cloexec
 
 
-class _Merge:
-    __slots__ = ("remaining", "output")
+class _Watch:
+    __slots__ = ("remaining", "action")
 
-    def __init__(self, remaining: set[int], output: int) -> None:
+    def __init__(self, remaining: set[int], action: Callable[[], None]) -> None:
         self.remaining = remaining
-        self.output = output
+        self.action = action
 
 
 class Reactor:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._epoll: select.epoll | None = None
-        self._owner: dict[int, _Merge] = {}  # watched input fd -> its merge
+        self._owner: dict[int, _Watch] = {}  # watched input fd (a private dup) -> its watch
         self._thread: threading.Thread | None = None
 
-    def watch(self, inputs: list[int], output: int) -> None:
-        """Signal ``output`` once every fd in ``inputs`` is readable.
+    def signal_when_all(self, inputs: list[int], output: int) -> None:
+        """Signal eventfd ``output`` once every fd in ``inputs`` is readable.
+        Works on private dups, so the caller keeps (and may close) its own fds."""
+        out = dup_cloexec(output)
 
-        Takes private dups of all fds, so the caller keeps (and may close) its own.
-        """
+        def signal_output() -> None:
+            os.eventfd_write(out, time.monotonic_ns())
+            os.close(out)
+
+        self.when_all(inputs, signal_output)
+
+    def when_all(self, inputs: list[int], action: Callable[[], None]) -> None:
+        """Run ``action`` in the reactor thread once every fd in ``inputs`` is readable."""
         dups = {dup_cloexec(fd) for fd in inputs}
-        merge = _Merge(dups, dup_cloexec(output))
+        merge = _Watch(dups, action)
         with self._lock:
             self._start()
             assert self._epoll is not None
@@ -58,6 +68,7 @@ class Reactor:
         while True:
             assert self._epoll is not None
             events = self._epoll.poll()
+            due: list[Callable[[], None]] = []
             with self._lock:
                 for fd, _mask in events:
                     merge = self._owner.pop(fd, None)
@@ -67,13 +78,19 @@ class Reactor:
                     os.close(fd)
                     merge.remaining.discard(fd)
                     if not merge.remaining:
-                        # Inputs are closed first so that a waiter woken by this write
-                        # sees no reactor fds left except the output being closed next.
-                        os.eventfd_write(merge.output, time.monotonic_ns())
-                        os.close(merge.output)
-                if not self._owner:
+                        due.append(merge.action)
+                done = not self._owner
+                if done:
                     self._stop()
-                    return
+            # Actions run outside our lock (they take the backend's), after the inputs
+            # were closed, so a waiter they wake finds no reactor fds left but theirs.
+            for action in due:
+                try:
+                    action()
+                except Exception:  # never let one action stop the others
+                    pass
+            if done:
+                return
 
     def _stop(self) -> None:
         # Called with the lock held, from the reactor thread, once nothing is pending.
@@ -86,12 +103,6 @@ class Reactor:
         # The thread did not survive the fork; the parent keeps serving its merges.
         self._lock = threading.Lock()
         for fd in list(self._owner):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        outputs = {m.output for m in self._owner.values()}
-        for fd in outputs:
             try:
                 os.close(fd)
             except OSError:

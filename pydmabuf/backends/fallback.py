@@ -67,7 +67,7 @@ def merged_fence(inputs: list[int]) -> int:
     out = new_fence(signaled=not pending)
     if pending:
         try:
-            reactor.watch(pending, out)
+            reactor.signal_when_all(pending, out)
         except BaseException:
             os.close(out)
             raise
@@ -270,7 +270,14 @@ class FallbackBackend(Backend):
         if fence_signaled(sync_fd):
             return
         with self._lock:
-            self._implicit(fd).fences.append((dup_cloexec(sync_fd), bool(flags & _WRITE)))
+            state = self._implicit(fd)
+            state.fences.append((dup_cloexec(sync_fd), bool(flags & _WRITE)))
+        # Release our dup as soon as it signals, not at the next access.
+        reactor.when_all([sync_fd], lambda: self._prune(state))
+
+    def _prune(self, state: _Implicit) -> None:
+        with self._lock:
+            self._pending(state, True)
 
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
         return self.export_sync_file(fd, _WRITE if write else _READ), select.POLLIN, True

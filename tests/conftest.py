@@ -1,0 +1,81 @@
+"""Shared fixtures. The suite runs on the default backend: the fallback natively,
+the kernel inside the real-kernel VM (PYDMABUF_BACKEND=kernel)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import pydmabuf
+
+BACKEND = pydmabuf.backend
+IN_VM = bool(os.environ.get("PYDMABUF_IN_VM"))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _timeline_reason() -> str | None:
+    try:
+        pydmabuf.Timeline().close()
+    except pydmabuf.UnsupportedError as exc:
+        return f"no fence source on this {BACKEND} backend: {exc}"
+    return None
+
+
+TIMELINE_MISSING = _timeline_reason()
+
+kernel_only = pytest.mark.skipif(BACKEND != "kernel", reason="needs the kernel backend (real ioctls)")
+fallback_only = pytest.mark.skipif(BACKEND != "fallback", reason="tests the fallback emulation itself")
+needs_timeline = pytest.mark.skipif(TIMELINE_MISSING is not None, reason=TIMELINE_MISSING or "")
+
+
+def _has_heap() -> bool:
+    return "system" in pydmabuf.heaps()
+
+
+needs_heap = pytest.mark.skipif(not _has_heap(), reason=f"no 'system' dma-heap on the {BACKEND} backend")
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test must leave the process's fd count as it found it.
+
+    The fallback's merge reactor closes its private fds from a thread right after
+    a merge signals, so a short grace period is allowed; a real leak never settles.
+    """
+    if request.node.get_closest_marker("real_kernel"):
+        yield
+        return
+    gc.collect()
+    before = open_fds()
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        gc.collect()
+        after = open_fds()
+        if after == before or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert after == before, f"fd leak: {before} fds before the test, {after} after"
+
+
+@pytest.fixture
+def heap() -> Iterator[pydmabuf.Heap]:
+    if not _has_heap():
+        pytest.skip(f"no 'system' dma-heap on the {BACKEND} backend")
+    with pydmabuf.Heap("system") as h:
+        yield h
+
+
+@pytest.fixture
+def timeline() -> Iterator[pydmabuf.Timeline]:
+    if TIMELINE_MISSING:
+        pytest.skip(TIMELINE_MISSING)
+    with pydmabuf.Timeline() as tl:
+        yield tl

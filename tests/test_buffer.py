@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import numpy as np
+import pytest
+from conftest import BACKEND, kernel_only, needs_timeline, open_fds
+
+import pydmabuf
+
+
+def test_map_write_read_back(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(8192) as buf, buf.map() as m:
+        with buf.cpu_access(read=False, write=True):
+            m[:5] = b"hello"
+            m[-1] = 7
+        with buf.cpu_access(read=True, write=False):
+            assert m[:5] == b"hello"
+            assert m[8191] == 7
+
+
+def test_second_mapping_sees_first(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, buf.map() as a, buf.map(write=False) as b:
+        with buf.cpu_access():
+            a[100:104] = b"abcd"
+        with buf.cpu_access(write=False):
+            assert b[100:104] == b"abcd"
+
+
+def test_buffer_protocol_and_numpy_zero_copy(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, buf.map() as m:
+        arr = np.frombuffer(m, dtype=np.uint32)
+        assert arr.shape == (1024,)
+        with buf.cpu_access():
+            arr[:] = np.arange(1024, dtype=np.uint32)
+        view = memoryview(m)
+        assert view.nbytes == 4096
+        assert int.from_bytes(view[4:8], "little") == 1
+        view.release()
+        del arr
+
+
+def test_read_only_mapping_refuses_writes(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, buf.map(write=False) as m:
+        with pytest.raises(TypeError):
+            m[0] = 1
+        assert memoryview(m).readonly
+
+
+def test_mapping_outlives_buffer_object(heap: pydmabuf.Heap) -> None:
+    buf = heap.allocate(4096)
+    m = buf.map()
+    with buf.cpu_access():
+        m[0] = 42
+    buf.close()
+    assert m[0] == 42  # the mapping holds its own reference
+    m.close()
+    assert "closed" in repr(m)
+
+
+def test_cpu_access_issues_end_even_when_block_raises(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        with pytest.raises(RuntimeError), buf.cpu_access():
+            raise RuntimeError("boom")
+        # Balanced: a new bracket works.
+        with buf.cpu_access():
+            pass
+
+
+def test_cpu_access_needs_a_direction(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, pytest.raises(pydmabuf.InvalidArgumentError):
+        buf.cpu_access(read=False, write=False)
+
+
+def test_cpu_access_reused_object_is_reentrant_free(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        assert buf.cpu_access() is buf.cpu_access()
+        with buf.cpu_access() as same:
+            assert same is buf
+
+
+def test_explicit_begin_end(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        buf.begin_cpu_access(read=True, write=False)
+        buf.end_cpu_access(read=True, write=False)
+
+
+@pytest.mark.skipif(BACKEND == "kernel", reason="the system heap accepts an unpaired END (only udmabuf refuses it)")
+def test_unpaired_end_is_refused_on_fallback(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, pytest.raises(pydmabuf.InvalidArgumentError):
+        buf.end_cpu_access()
+
+
+def test_udmabuf_end_before_first_start_is_refused() -> None:
+    # uapi §3.2: udmabuf returns EINVAL for END before the first START; fallback matches.
+    with pydmabuf.udmabuf(4096) as buf:
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            buf.end_cpu_access()
+        with buf.cpu_access():
+            pass
+
+
+def test_from_fd_and_size(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(3 * 4096) as buf:
+        with pydmabuf.Buffer.from_fd(buf.fileno(), own=False) as other:
+            assert other.size == 3 * 4096
+            assert other.fileno() != buf.fileno()
+        assert not buf.closed  # own=False dup'd
+
+
+def test_from_fd_rejects_non_buffers() -> None:
+    r, w = os.pipe()
+    try:
+        before = open_fds()
+        with pytest.raises(pydmabuf.InvalidArgumentError) as exc:
+            pydmabuf.Buffer.from_fd(r)
+        assert "not a" in str(exc.value)
+        assert open_fds() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_from_fd_rejects_closed_fd() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(pydmabuf.Error):
+        pydmabuf.Buffer.from_fd(r)
+
+
+def test_from_fd_accepts_objects_with_fileno(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, pydmabuf.Buffer.from_fd(buf, own=False) as other:
+        assert other.size == 4096
+
+
+def test_detach_gives_up_ownership(heap: pydmabuf.Heap) -> None:
+    buf = heap.allocate(4096)
+    fd = buf.detach()
+    assert buf.closed
+    with pytest.raises(ValueError):
+        buf.fileno()
+    os.fstat(fd)  # still open
+    os.close(fd)
+
+
+def test_dup_is_same_buffer(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096, name="dup-me") as buf, buf.dup() as copy:
+        assert copy.fileno() != buf.fileno()
+        assert copy.info().inode == buf.info().inode
+        assert copy.name == "dup-me"
+
+
+def test_closed_buffer_refuses_everything(heap: pydmabuf.Heap) -> None:
+    buf = heap.allocate(4096)
+    fd = buf.fileno()
+    buf.close()
+    buf.close()  # idempotent
+    # Another file takes the same number; no method may touch it.
+    r, w = os.pipe()
+    try:
+        calls = [
+            buf.fileno, buf.map, buf.cpu_access().__enter__, buf.info, buf.dup, buf.detach,
+            lambda: buf.set_name("x"), lambda: buf.name, buf.export_sync_file, buf.wait,
+            buf.begin_cpu_access,
+        ]
+        for call in calls:
+            with pytest.raises(pydmabuf.ClosedError) as exc:
+                call()
+            assert isinstance(exc.value, ValueError)
+            assert exc.value.errno == errno.EBADF
+        assert "closed" in repr(buf)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert fd >= 0
+
+
+def test_names_up_to_31_bytes(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        assert buf.name is None
+        buf.set_name("x" * 31)
+        assert buf.name == "x" * 31
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            buf.set_name("y" * 32)
+        assert buf.name == "x" * 31
+        buf.set_name("")
+        assert buf.name == ""
+
+
+def test_names_with_odd_characters_round_trip(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        buf.set_name("a b/c\nd")
+        assert buf.name == "a b/c\nd"
+        assert buf.info().name == "a b/c\nd"
+
+
+def test_name_with_nul_refused(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf, pytest.raises(pydmabuf.InvalidArgumentError):
+        buf.set_name("a\0b")
+
+
+def test_repr_shows_fd_size_name(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096, name="frame") as buf:
+        text = repr(buf)
+        assert f"fd={buf.fileno()}" in text and "size=4096" in text and "'frame'" in text
+
+
+def test_info_reports_exporter_and_count(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        info = buf.info()
+        assert info.exporter == ("system" if BACKEND == "kernel" else "pydmabuf-fallback")
+        base = info.count
+        with buf.map():
+            # The mapping is a reference, and Python's mmap keeps a dup of the fd.
+            assert buf.info().count == base + 2
+
+
+def test_concurrent_cpu_access_from_threads(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096 * 4) as buf, buf.map() as m:
+        errors: list[BaseException] = []
+
+        def worker(index: int) -> None:
+            try:
+                for _ in range(200):
+                    with buf.cpu_access(read=False, write=True):
+                        m[index * 4096] = index
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert [m[i * 4096] for i in range(4)] == [0, 1, 2, 3]
+
+
+@needs_timeline
+def test_cpu_access_timeout_waits_on_implicit_fences(heap: pydmabuf.Heap, timeline: pydmabuf.Timeline) -> None:
+    with heap.allocate(4096) as buf, timeline.fence(1) as fence:
+        buf.import_sync_file(fence, write=True)
+        with pytest.raises(pydmabuf.TimeoutError), buf.cpu_access(timeout=0.05):
+            pass
+        timeline.signal(1)
+        with buf.cpu_access(timeout=5):
+            pass
+
+
+@kernel_only
+def test_kernel_buffer_fd_is_a_dmabuf(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096, name="link") as buf:
+        assert os.readlink(f"/proc/self/fd/{buf.fileno()}") == "/dmabuf:link"
+        assert os.fstat(buf.fileno()).st_size == 4096
