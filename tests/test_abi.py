@@ -1,0 +1,162 @@
+"""ABI conformance: every struct size, field offset and ioctl number cffi uses must
+match what a C compiler sees in the kernel headers installed on this machine.
+
+cffi's ABI mode trusts our declarations blindly (a wrong layout corrupts memory
+silently), so this test compiles C. Items the host headers lack (the 6.1 headers
+have no SYNC_IOC_SET_DEADLINE; sw_sync has no uapi header; vgem_drm.h ships with
+the kernel, not libdrm) are checked against the values in docs/uapi.md, which were
+compiled against the 6.12 headers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pydmabuf import _ffi
+from pydmabuf._ffi import ffi
+
+# header -> (structs, ioctl macros) it must define
+HEADERS: dict[str, tuple[list[str], list[str]]] = {
+    "linux/dma-buf.h": (
+        ["dma_buf_sync", "dma_buf_export_sync_file", "dma_buf_import_sync_file"],
+        ["DMA_BUF_IOCTL_SYNC", "DMA_BUF_SET_NAME_B", "DMA_BUF_IOCTL_EXPORT_SYNC_FILE",
+         "DMA_BUF_IOCTL_IMPORT_SYNC_FILE"],
+    ),
+    "linux/dma-heap.h": (["dma_heap_allocation_data"], ["DMA_HEAP_IOCTL_ALLOC"]),
+    "linux/udmabuf.h": (
+        ["udmabuf_create", "udmabuf_create_item", "udmabuf_create_list"],
+        ["UDMABUF_CREATE", "UDMABUF_CREATE_LIST"],
+    ),
+    "linux/sync_file.h": (
+        ["sync_merge_data", "sync_fence_info", "sync_file_info"],
+        ["SYNC_IOC_MERGE", "SYNC_IOC_FILE_INFO"],
+    ),
+    "drm.h": (
+        ["drm_version", "drm_gem_close", "drm_prime_handle", "drm_mode_create_dumb"],
+        ["DRM_IOCTL_VERSION", "DRM_IOCTL_GEM_CLOSE", "DRM_IOCTL_PRIME_HANDLE_TO_FD",
+         "DRM_IOCTL_MODE_CREATE_DUMB"],
+    ),
+}
+CONSTANTS = {
+    "linux/dma-buf.h": ["DMA_BUF_SYNC_READ", "DMA_BUF_SYNC_WRITE", "DMA_BUF_SYNC_RW", "DMA_BUF_SYNC_START",
+                        "DMA_BUF_SYNC_END", "DMA_BUF_SYNC_VALID_FLAGS_MASK", "DMA_BUF_NAME_LEN"],
+    "linux/dma-heap.h": ["DMA_HEAP_VALID_FD_FLAGS", "DMA_HEAP_VALID_HEAP_FLAGS"],
+    "linux/udmabuf.h": ["UDMABUF_FLAGS_CLOEXEC"],
+    "drm.h": ["DRM_CLOEXEC", "DRM_RDWR"],
+}
+# Present only in newer headers: checked when the host has them, else from docs/uapi.md.
+OPTIONAL = {
+    "linux/sync_file.h": ("sync_set_deadline", "SYNC_IOC_SET_DEADLINE"),
+}
+# docs/uapi.md §2 (compiled against 6.12 headers): name -> (ioctl number, struct, size)
+DOCUMENTED = {
+    "SYNC_IOC_SET_DEADLINE": (0x40103E05, "sync_set_deadline", 16),
+    "SW_SYNC_IOC_CREATE_FENCE": (0xC0285700, "sw_sync_create_fence_data", 40),
+    "SW_SYNC_IOC_INC": (0x40045701, None, 4),
+    "DRM_IOCTL_VGEM_FENCE_ATTACH": (0xC0106441, "drm_vgem_fence_attach", 16),
+    "DRM_IOCTL_VGEM_FENCE_SIGNAL": (0x40086442, "drm_vgem_fence_signal", 8),
+}
+
+
+def _include_dirs() -> list[str]:
+    return [d for d in ("/usr/include/libdrm", "/usr/include/drm") if os.path.isdir(d)]
+
+
+def _header_exists(header: str) -> bool:
+    roots = ["/usr/include", *_include_dirs()]
+    return any((Path(root) / header).is_file() for root in roots)
+
+
+def _c_program(headers: list[str]) -> tuple[str, list[tuple[str, int]]]:
+    """C source printing one `key value` line per checked fact, and the Python side."""
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <fcntl.h>"]
+    lines += [f"#include <{h}>" for h in headers]
+    if "drm.h" in headers:
+        lines.append("#include <drm_mode.h>")
+    lines.append("int main(void) {")
+    expected: list[tuple[str, int]] = []
+
+    def emit(key: str, c_expr: str, value: int) -> None:
+        lines.append(f'    printf("{key} %llu\\n", (unsigned long long)({c_expr}));')
+        expected.append((key, value))
+
+    for header in headers:
+        structs, ioctls = HEADERS[header]
+        for struct in structs:
+            ctype = ffi.typeof(f"struct {struct}")
+            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", ffi.sizeof(ctype))
+            for field, _ in ctype.fields:
+                emit(f"offsetof.{struct}.{field}", f"offsetof(struct {struct}, {field})",
+                     ffi.offsetof(ctype, field))
+        for name in ioctls:
+            emit(f"ioctl.{name}", name, getattr(_ffi, name))
+        for name in CONSTANTS.get(header, []):
+            emit(f"const.{name}", name, getattr(_ffi.lib, name))
+        if header in OPTIONAL:
+            struct, macro = OPTIONAL[header]
+            lines.append(f"#ifdef {macro}")
+            emit(f"ioctl.{macro}", macro, getattr(_ffi, macro))
+            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", ffi.sizeof(f"struct {struct}"))
+            lines.append("#endif")
+    lines += ["    return 0;", "}"]
+    return "\n".join(lines) + "\n", expected
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, int], list[tuple[str, int]], list[str]]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        if os.environ.get("CI"):
+            pytest.fail("no C compiler: the ABI conformance test must run in CI")
+        pytest.skip("no C compiler (install gcc) to check the ABI against kernel headers")
+    headers = [h for h in HEADERS if _header_exists(h)]
+    missing = [h for h in ("linux/dma-buf.h", "linux/dma-heap.h", "linux/udmabuf.h", "linux/sync_file.h")
+               if h not in headers]
+    assert not missing, f"kernel uapi headers missing: {missing} (install linux-libc-dev)"
+    source, expected = _c_program(headers)
+    work = tmp_path_factory.mktemp("abi")
+    (work / "abi.c").write_text(source)
+    flags = [f"-I{d}" for d in _include_dirs()]
+    subprocess.run([cc, "-Wall", "-Werror", *flags, "-o", str(work / "abi"), str(work / "abi.c")],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(work / "abi")], check=True, capture_output=True, text=True).stdout
+    seen = {key: int(value) for key, value in (line.split() for line in out.splitlines())}
+    return seen, expected, headers
+
+
+def test_layouts_and_ioctl_numbers_match_c(compiled: tuple[dict[str, int], list[tuple[str, int]], list[str]]) -> None:
+    seen, expected, _headers = compiled
+    wrong = [(key, value, seen.get(key)) for key, value in expected if key in seen and seen[key] != value]
+    assert not wrong, f"cffi disagrees with the C compiler (key, cffi, C): {wrong}"
+    unchecked = [key for key, _ in expected if key not in seen and "SET_DEADLINE" not in key
+                 and "sync_set_deadline" not in key]
+    assert not unchecked, f"facts the C program did not print: {unchecked}"
+    assert len(seen) >= 60, f"only {len(seen)} facts checked"
+
+
+def test_core_headers_fully_checked(compiled: tuple[dict[str, int], list[tuple[str, int]], list[str]]) -> None:
+    _seen, _expected, headers = compiled
+    for header in ("linux/dma-buf.h", "linux/dma-heap.h", "linux/udmabuf.h", "linux/sync_file.h"):
+        assert header in headers
+    if os.environ.get("CI"):
+        assert "drm.h" in headers, "CI installs libdrm-dev so the DRM structs are checked too"
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_items_missing_from_host_headers_match_reference(name: str) -> None:
+    number, struct, size = DOCUMENTED[name]
+    assert getattr(_ffi, name) == number
+    assert (number >> 16) & 0x3FFF == size
+    if struct is not None:
+        assert ffi.sizeof(f"struct {struct}") == size
+
+
+def test_documented_vgem_offsets() -> None:
+    assert ffi.offsetof("struct drm_vgem_fence_attach", "out_fence") == 8
+    assert ffi.offsetof("struct sw_sync_create_fence_data", "fence") == 36
+    assert ffi.offsetof("struct sync_set_deadline", "pad") == 8

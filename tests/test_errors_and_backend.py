@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+from conftest import BACKEND
+
+import pydmabuf
+from pydmabuf import errors
+
+
+@pytest.mark.parametrize(
+    "code,builtin",
+    [(errno.EACCES, PermissionError), (errno.EPERM, PermissionError), (errno.ENOENT, FileNotFoundError),
+     (errno.ETIMEDOUT, TimeoutError), (errno.EINVAL, ValueError), (errno.ENOMEM, MemoryError),
+     (errno.ESRCH, ProcessLookupError)],
+)
+def test_errors_are_oserrors_with_errno_and_builtin_subclass(code: int, builtin: type) -> None:
+    exc = errors.error(code, "DMA_HEAP_IOCTL_ALLOC", "a hint")
+    assert isinstance(exc, pydmabuf.Error)
+    assert isinstance(exc, OSError)
+    assert isinstance(exc, builtin)
+    assert exc.errno == code
+    assert "a hint" in str(exc) and "DMA_HEAP_IOCTL_ALLOC" in str(exc)
+
+
+def test_enotty_is_unsupported() -> None:
+    exc = errors.error(errno.ENOTTY, "SYNC_IOC_SET_DEADLINE")
+    assert isinstance(exc, pydmabuf.UnsupportedError)
+
+
+def test_unknown_errno_is_base_error() -> None:
+    exc = errors.error(errno.EXDEV, "x")
+    assert type(exc) is pydmabuf.Error and exc.errno == errno.EXDEV
+
+
+def test_errors_pickle() -> None:
+    exc = errors.error(errno.EACCES, "open", "hint")
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is type(exc) and again.errno == errno.EACCES
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "PYDMABUF_BACKEND"}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+
+
+def test_backend_env_fallback_forced() -> None:
+    out = _python("import pydmabuf; print(pydmabuf.backend)", PYDMABUF_BACKEND="fallback")
+    assert out.stdout.strip() == "fallback", out.stderr
+
+
+def test_backend_env_auto_matches_devices() -> None:
+    has_devices = os.path.isdir("/dev/dma_heap") or os.path.exists("/dev/udmabuf")
+    out = _python("import pydmabuf; print(pydmabuf.backend)", PYDMABUF_BACKEND="auto")
+    assert out.stdout.strip() == ("kernel" if has_devices else "fallback"), out.stderr
+
+
+def test_backend_env_invalid_is_clear() -> None:
+    out = _python("import pydmabuf; print(pydmabuf.backend)", PYDMABUF_BACKEND="gpu")
+    assert out.returncode != 0
+    assert "PYDMABUF_BACKEND" in out.stderr and "auto, kernel or fallback" in out.stderr
+
+
+@pytest.mark.skipif(BACKEND == "kernel", reason="this machine has dma-buf devices")
+def test_kernel_requested_without_devices_never_falls_back() -> None:
+    out = _python("import pydmabuf; print(pydmabuf.backend)", PYDMABUF_BACKEND="kernel")
+    assert out.returncode != 0
+    assert "UnsupportedError" in out.stderr and "/dev/udmabuf" in out.stderr
+    out = _python("import pydmabuf; pydmabuf.Heap()", PYDMABUF_BACKEND="kernel")
+    assert out.returncode != 0 and "PYDMABUF_BACKEND=kernel" in out.stderr
+
+
+def test_explicit_backend_argument() -> None:
+    with pydmabuf.Heap("system", backend="fallback") as heap, heap.allocate(4096) as buf:
+        assert buf.backend == "fallback" and heap.backend == "fallback"
+        assert buf.info().exporter == "pydmabuf-fallback"
+    with pytest.raises(pydmabuf.InvalidArgumentError):
+        pydmabuf.get_backend("nope")
+
+
+def test_fallback_buffer_not_accepted_by_kernel_backend() -> None:
+    with pydmabuf.Heap("system", backend="fallback") as heap, heap.allocate(4096) as buf:
+        with pytest.raises(pydmabuf.InvalidArgumentError) as exc:
+            pydmabuf.Buffer.from_fd(buf.fileno(), own=False, backend="kernel")
+        assert "not a dma-buf" in str(exc.value)
+
+
+def test_buffer_and_syncfile_reject_each_other() -> None:
+    with pydmabuf.Heap("system", backend="fallback") as heap, heap.allocate(4096) as buf:
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            pydmabuf.SyncFile.from_fd(buf.fileno(), own=False, backend="fallback")
+        with pydmabuf.Timeline(backend="fallback") as tl, tl.fence(1) as fence:
+            with pytest.raises(pydmabuf.InvalidArgumentError):
+                pydmabuf.Buffer.from_fd(fence.fileno(), own=False, backend="fallback")
