@@ -102,13 +102,12 @@ def udmabuf_create_list(
     dev_fd: int, items: list[tuple[int, int, int]], flags: int, hints: Hints | None = None
 ) -> int:
     """UDMABUF_CREATE_LIST (also used for one item); returns the new dma-buf fd."""
-    arg = ffi.new("struct udmabuf_create_list *", len(items))
-    arg.flags = flags
-    arg.count = len(items)
-    for slot, (memfd, offset, size) in zip(arg.list, items):
-        slot.memfd = memfd
-        slot.offset = offset
-        slot.size = size
+    # The list's length sizes the trailing flexible array member.
+    arg = ffi.new("struct udmabuf_create_list *", {
+        "flags": flags,
+        "count": len(items),
+        "list": [{"memfd": m, "offset": o, "size": s} for m, o, s in items],
+    })
     return ioctl(dev_fd, _ffi.UDMABUF_CREATE_LIST, arg, "UDMABUF_CREATE_LIST", hints)
 
 

@@ -62,9 +62,11 @@ def test_from_memfd_window() -> None:
 
 def test_buffer_outlives_memfd() -> None:
     memfd = sealed(PAGE)
-    os.pwrite(memfd, b"kept", 0)
-    buf = pydmabuf.udmabuf_from_memfd(memfd)
-    os.close(memfd)
+    try:
+        os.pwrite(memfd, b"kept", 0)
+        buf = pydmabuf.udmabuf_from_memfd(memfd)
+    finally:
+        os.close(memfd)
     with buf, buf.map() as m, buf.cpu_access():
         assert m[:4] == b"kept"
 
