@@ -24,6 +24,7 @@ from .info import BufferInfo, FenceInfo, SyncFileInfo
 from .syncfile import SyncFile
 from .timeline import Timeline
 from .udmabuf import udmabuf, udmabuf_from_memfd, udmabuf_from_ranges
+from .waiting import FenceSet, wait_all, wait_any
 
 __version__ = "0.1.0"
 
@@ -32,7 +33,7 @@ __all__ = [
     "InvalidArgumentError", "Mapping", "NotFoundError", "OutOfMemoryError",
     "PermissionDeniedError", "SyncFile", "SyncFileInfo", "Timeline", "TimeoutError",
     "UnsupportedError", "backend", "get_backend", "heaps", "udmabuf",
-    "udmabuf_from_memfd", "udmabuf_from_ranges",
+    "udmabuf_from_memfd", "udmabuf_from_ranges", "FenceSet", "wait_all", "wait_any",
 ]
 
 backend: str  # resolved on first access (module __getattr__), see below

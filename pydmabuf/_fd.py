@@ -10,14 +10,21 @@ which keeps object creation on hot paths (allocate, export) free of weakref chur
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
 from .errors import closed, invalid
 
 _Self = TypeVar("_Self", bound="FdHolder")
+
+# Hooks that close() runs before closing, for the (rare) objects an asyncio waiter is
+# watching. Kept outside the objects so creation costs nothing and close() pays one
+# global truth test while nothing waits anywhere.
+_close_hooks: dict[FdHolder, list[Callable[[], None]]] = {}
 
 
 class FdHolder:
@@ -43,6 +50,8 @@ class FdHolder:
         fd = self._fd
         if fd >= 0:
             self._fd = -1
+            if _close_hooks:
+                _run_close_hooks(self)
             os.close(fd)
 
     def detach(self) -> int:
@@ -71,6 +80,25 @@ class FdHolder:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def add_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
+    """Run ``hook`` when ``holder`` is closed (before its fd is). Hooks must not raise."""
+    _close_hooks.setdefault(holder, []).append(hook)
+
+
+def remove_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
+    hooks = _close_hooks.get(holder)
+    if hooks is not None:
+        with contextlib.suppress(ValueError):
+            hooks.remove(hook)
+        if not hooks:
+            _close_hooks.pop(holder, None)
+
+
+def _run_close_hooks(holder: FdHolder) -> None:
+    for hook in _close_hooks.pop(holder, ()):
+        hook()
 
 
 def dup_cloexec(fd: int) -> int:

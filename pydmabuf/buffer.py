@@ -165,6 +165,14 @@ class Buffer(FdHolder):
             if new:
                 os.close(fd)
 
+    async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> None:
+        """``await`` version of ``wait`` on the running asyncio loop; ClosedError if
+        the buffer is closed meanwhile; cancelling the task stops watching."""
+        from . import aio  # asyncio is imported only by programs that use it
+
+        fd, events, new = self._backend.implicit_fence(self.fileno(), write)
+        await aio.wait_fd(self, fd, events, new, timeout, "Buffer.wait_async")
+
     def __repr__(self) -> str:
         if self._fd < 0:
             return f"<Buffer closed size={self._size}>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from . import _wait
 from ._fd import FdHolder, as_fd, dup_cloexec
@@ -43,11 +44,50 @@ class SyncFile(FdHolder):
         The deadline holds across signal interruptions."""
         _wait.wait_fd(self.fileno(), _wait.POLLIN, timeout, "SyncFile.wait")
 
+    async def wait_async(self, timeout: float | None = None) -> None:
+        """``await`` until signaled, on the running asyncio loop (other tasks keep
+        running). TimeoutError after ``timeout`` seconds; ClosedError if this object is
+        closed meanwhile; cancelling the task stops watching the fd."""
+        from . import aio  # asyncio is imported only by programs that use it
+
+        await aio.wait_fd(self, self.fileno(), _wait.POLLIN, False, timeout, "SyncFile.wait_async")
+
     def merge(self, other: SyncFile, *, name: str = "merged") -> SyncFile:
         """A new fence that signals when both this and ``other`` have."""
         if not isinstance(other, SyncFile):
             raise invalid(f"merge() needs a SyncFile, got {type(other).__name__}")
         return SyncFile(self._backend.merge(self.fileno(), other.fileno(), name), self._backend)
+
+    @classmethod
+    def merge_all(cls, fences: Iterable[SyncFile], *, name: str = "merged") -> SyncFile:
+        """One new fence that signals when every one of ``fences`` has (at least one).
+        Merges pairwise as a balanced tree, closing the intermediate fences, so the
+        kernel's deduplication keeps every step small. The inputs stay open."""
+        level = list(fences)
+        if not level:
+            raise invalid("merge_all() needs at least one SyncFile")
+        for f in level:
+            if not isinstance(f, SyncFile):
+                raise invalid(f"merge_all() takes SyncFiles, got {type(f).__name__}")
+        if len(level) == 1:
+            return level[0].dup()
+        made: list[SyncFile] = []  # intermediates, closed at the end
+        try:
+            while len(level) > 1:
+                step = name if len(level) == 2 else "merged"
+                nxt = []
+                for a, b in zip(level[::2], level[1::2], strict=False):
+                    nxt.append(a.merge(b, name=step))
+                    made.append(nxt[-1])
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level = nxt
+            result = level[0]
+            made.remove(result)
+            return result
+        finally:
+            for f in made:
+                f.close()
 
     def info(self) -> SyncFileInfo:
         name, status, fences = self._backend.sync_file_info(self.fileno())

@@ -1,0 +1,205 @@
+"""Waiting on many fences at once: ``wait_all`` and ``wait_any``.
+
+One epoll set per call, so a wakeup costs the same whether 1 or 1024 fences are
+watched (``poll()`` rescans every fd on each wakeup). The deadline is computed once
+on entry: a wait interrupted by signals still returns by it (libsync restarts
+with the full timeout after EINTR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as E
+import math
+import os
+import select
+import time
+from collections.abc import Iterable
+from types import TracebackType
+
+from .buffer import Buffer
+from .errors import closed, error, invalid, timed_out
+from .syncfile import SyncFile
+
+Waitable = SyncFile | Buffer
+_BAD = select.EPOLLERR | select.EPOLLHUP
+
+
+def poll_target(obj: object, write: bool) -> tuple[int, int, bool]:
+    """(fd, poll events, fd_is_new) that say when ``obj`` is ready; a new fd is the
+    caller's to close. SyncFiles are readable once signaled; a Buffer is ready when
+    its implicit fences let a reader (or, with ``write``, a writer) proceed."""
+    if isinstance(obj, SyncFile):
+        return obj.fileno(), select.POLLIN, False
+    if isinstance(obj, Buffer):
+        return obj._backend.implicit_fence(obj.fileno(), write)
+    raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
+
+
+def _deadline(timeout: float | None, what: str) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0 or math.isnan(timeout):
+        raise error(E.EINVAL, f"{what}: timeout must be >= 0 or None")
+    return time.monotonic() + timeout
+
+
+class FenceSet:
+    """A reusable epoll set of fences and buffers, for waiting repeatedly on a
+    changing set (one fence per in-flight frame): ``add`` the new ones, ``wait_any``,
+    ``discard`` the ready ones. Each wakeup costs the same however many are watched.
+    ``discard`` objects before closing them. Not thread-safe."""
+
+    __slots__ = ("_by_fd", "_entries", "_epoll", "_seq", "_write")
+
+    def __init__(self, fences: Iterable[Waitable] = (), *, write: bool = False) -> None:
+        self._epoll = select.epoll()
+        self._write = write
+        # object -> (insertion number, fd, events, fd is ours); fd -> object
+        self._entries: dict[object, tuple[int, int, int, bool]] = {}
+        self._by_fd: dict[int, object] = {}
+        self._seq = 0
+        try:
+            for obj in fences:
+                self.add(obj)
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, obj: object) -> bool:
+        return obj in self._entries
+
+    def add(self, obj: Waitable) -> None:
+        """Watch ``obj`` (a SyncFile, or a Buffer's implicit fences); adding twice does nothing."""
+        if self._epoll.closed:
+            raise closed("FenceSet")
+        if obj in self._entries:
+            return
+        fd, events, new = poll_target(obj, self._write)
+        try:
+            self._epoll.register(fd, events)
+        except BaseException:
+            if new:
+                os.close(fd)
+            raise
+        self._entries[obj] = (self._seq, fd, events, new)
+        self._by_fd[fd] = obj
+        self._seq += 1
+
+    def discard(self, obj: Waitable) -> None:
+        """Stop watching ``obj`` (absent: nothing happens)."""
+        entry = self._entries.pop(obj, None)
+        if entry is None:
+            return
+        _seq, fd, _events, new = entry
+        del self._by_fd[fd]
+        with contextlib.suppress(OSError):  # closed while watched: epoll dropped it already
+            self._epoll.unregister(fd)
+        if new:
+            os.close(fd)
+
+    def _poll(self, deadline: float | None, what: str) -> list[object]:
+        """Ready objects (unordered); [] only once the deadline has passed. Every pass
+        recomputes the time left from the one deadline."""
+        entries, by_fd = self._entries, self._by_fd
+        while True:
+            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = self._epoll.poll(wait, max(1, len(entries)))
+            found = []
+            for fd, mask in ready:
+                obj = by_fd[fd]
+                if mask & entries[obj][2]:
+                    found.append(obj)
+                elif mask & _BAD:
+                    raise error(E.EBADF, f"{what}: fd {fd} reported an error or hang-up")
+            if found:
+                return found
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def wait_any(self, timeout: float | None = None) -> list[Waitable]:
+        """The ready members (at least one) in the order they were added; they stay
+        members. TimeoutError after ``timeout`` seconds."""
+        if not self._entries:
+            raise invalid("wait_any() on an empty FenceSet would never return")
+        found = self._poll(_deadline(timeout, "wait_any"), "wait_any")
+        if not found:
+            raise timed_out("wait_any")
+        entries = self._entries
+        found.sort(key=lambda obj: entries[obj][0])
+        return found  # type: ignore[return-value]
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Until every member is ready (at some moment: fences signal once, a buffer's
+        readiness is checked when it is reported). TimeoutError after ``timeout`` seconds."""
+        deadline = _deadline(timeout, "wait_all")
+        muted: list[int] = []  # ready ones stop being reported for the rest of this call
+        try:
+            while len(muted) < len(self._entries):
+                found = self._poll(deadline, "wait_all")
+                if not found:
+                    raise timed_out("wait_all")
+                for obj in found:
+                    fd = self._entries[obj][1]
+                    self._epoll.modify(fd, 0)
+                    muted.append(fd)
+        finally:
+            for fd in muted:
+                self._epoll.modify(fd, self._entries[self._by_fd[fd]][2])
+
+    def close(self) -> None:
+        """Release the epoll set and the fds it made; the members stay open."""
+        self._epoll.close()
+        for _seq, fd, _events, new in self._entries.values():
+            if new:
+                os.close(fd)
+        self._entries.clear()
+        self._by_fd.clear()
+
+    def __enter__(self) -> FenceSet:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._epoll.closed else f"{len(self._entries)} members"
+        return f"<FenceSet {state} write={self._write}>"
+
+
+def wait_any(fences: Iterable[Waitable], timeout: float | None = None, *,
+             write: bool = False) -> list[Waitable]:
+    """Block until at least one of ``fences`` is ready and return the ready ones, in
+    the order given. Buffers count as ready when a reader (``write=True``: a writer)
+    may proceed. Raises TimeoutError once ``timeout`` seconds have passed."""
+    objs = list(fences)
+    if not objs:
+        raise invalid("wait_any() needs at least one fence")
+    deadline = _deadline(timeout, "wait_any")
+    with FenceSet(objs, write=write) as waiters:
+        found = waiters._poll(deadline, "wait_any")
+    if not found:
+        raise timed_out("wait_any")
+    ready = {id(obj) for obj in found}
+    return [obj for obj in objs if id(obj) in ready]
+
+
+def wait_all(fences: Iterable[Waitable], timeout: float | None = None, *,
+             write: bool = False) -> None:
+    """Block until every one of ``fences`` is ready (see ``wait_any``); an empty
+    iterable returns at once. Raises TimeoutError once ``timeout`` seconds have passed."""
+    objs = list(fences)
+    deadline = _deadline(timeout, "wait_all")
+    with FenceSet(objs, write=write) as waiters:
+        pending = len(waiters)
+        while pending:
+            found = waiters._poll(deadline, "wait_all")
+            if not found:
+                raise timed_out("wait_all")
+            for obj in found:  # done for good: stop watching it
+                waiters.discard(obj)  # type: ignore[arg-type]
+            pending = len(waiters)
