@@ -20,6 +20,6 @@ def parse(text: str) -> dict[str, str]:
     return fields
 
 
-def read(fd: int, pid: int | str = "self") -> dict[str, str]:
+def read(fd: int | str, pid: int | str = "self") -> dict[str, str]:
     with open(f"/proc/{pid}/fdinfo/{fd}", encoding="utf-8", errors="surrogateescape") as f:
         return parse(f.read())

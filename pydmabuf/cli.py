@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import __version__
+from .cli_ps import ps, ps_args, top, top_args
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def _info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "info": Command("backend, kernel, heaps, udmabuf and feature probes", _info_args, _info),
+    "ps": Command("dma-bufs per process (largest first) and per exporter", ps_args, ps),
+    "top": Command("the ps table, refreshed every few seconds until interrupted", top_args, top),
 }
 
 

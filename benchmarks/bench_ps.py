@@ -1,0 +1,106 @@
+"""How long `pydmabuf ps` takes on a busy system.
+
+Forks PROCS processes holding BUFFERS buffers between them (every other one also
+mapped), then times ``accounting.snapshot()`` in this process and the whole
+``python -m pydmabuf ps`` command (interpreter start included), best of a few runs.
+
+    python benchmarks/bench_ps.py [--procs 200] [--buffers 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pydmabuf
+from pydmabuf import accounting
+
+
+def _hold(count: int, stop_r: int, ready_w: int) -> None:
+    """Child: allocate ``count`` buffers, map every other one, wait for EOF on stop_r."""
+    with pydmabuf.Heap() as heap:
+        bufs = [heap.allocate(4096, name=f"bench-{os.getpid()}-{i}") for i in range(count)]
+    maps = [b.map() for b in bufs[::2]]
+    os.write(ready_w, b"x")
+    os.read(stop_r, 1)
+    for m in maps:
+        m.close()
+    for b in bufs:
+        b.close()
+
+
+@contextmanager
+def holders(procs: int, buffers: int) -> Iterator[list[int]]:
+    stop_r, stop_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pids = []
+    try:
+        for i in range(procs):
+            count = buffers // procs + (1 if i < buffers % procs else 0)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.close(stop_w)
+                    os.close(ready_r)
+                    _hold(count, stop_r, ready_w)
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for _ in range(procs):
+            if not os.read(ready_r, 1):
+                raise RuntimeError("a holder process died")
+        yield pids
+    finally:
+        os.close(stop_w)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        for fd in (stop_r, ready_r, ready_w):
+            os.close(fd)
+
+
+def _best(runs: int, fn: object) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--procs", type=int, default=200)
+    parser.add_argument("--buffers", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    cmd = [sys.executable, "-m", "pydmabuf", "ps"]
+    with holders(args.procs, args.buffers):
+        snap = accounting.snapshot()
+        seen = sum(1 for b in snap.buffers if (b.name or "").startswith("bench-"))
+        t_snapshot = _best(args.runs, accounting.snapshot)
+        t_cli = _best(args.runs, lambda: subprocess.run(cmd, check=True, capture_output=True))
+        t_python = _best(args.runs, lambda: subprocess.run([sys.executable, "-c", "import psutil"],
+                                                           check=True))
+    result = {"procs": args.procs, "buffers": args.buffers, "buffers_seen": seen,
+              "processes_scanned": snap.scanned, "backend": pydmabuf.backend,
+              "snapshot_s": round(t_snapshot, 4), "ps_command_s": round(t_cli, 4),
+              "python_start_s": round(t_python, 4)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value}")
+    return 0 if seen == args.buffers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
