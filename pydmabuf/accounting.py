@@ -202,40 +202,47 @@ def _scan(pid: int, found: dict[_Key, _Found]) -> bool | None:
         if key is not None:
             entry = found[key]
             entry.fds[pid] = entry.fds.get(pid, 0) + 1
-    if b"/dmabuf:" in maps or b"/memfd:pydmabuf" in maps:
-        _scan_maps(pid, maps, found)
+    _scan_maps(pid, maps, found)
     return True
 
 
+_MAP_MARKERS = (b"/dmabuf:", b"/memfd:pydmabuf:", b"/memfd:pydmabuf-udmabuf:")
+
+
 def _scan_maps(pid: int, maps: bytes, found: dict[_Key, _Found]) -> None:
-    # A buffer name may contain newlines, which split its maps line: continuation
-    # lines have fewer than six fields or a non-numeric inode and are skipped.
-    for line in maps.split(b"\n"):
-        fields = line.split(None, 5)
-        if len(fields) < 6:
-            continue
-        path = fields[5]
-        if path.startswith(b"/dmabuf:"):
-            kernel = True
-        elif path.startswith((b"/memfd:pydmabuf:", b"/memfd:pydmabuf-udmabuf:")):
-            kernel = False
-        else:
-            continue
-        try:
-            start, _, end = fields[0].partition(b"-")
-            key: _Key = (kernel, int(fields[4]))
-            extent = int(fields[2], 16) + int(end, 16) - int(start, 16)
-        except ValueError:
-            continue
-        entry = found.get(key)
-        if entry is None:
-            entry = found[key] = _Found()
-        entry.maps[pid] = entry.maps.get(pid, 0) + 1
-        if extent > entry.map_extent:
-            entry.map_extent = extent
-            entry.map_path = f"/proc/{pid}/map_files/{fields[0].decode()}"
-        if kernel and entry.name is None and len(path) > 8:
-            entry.name = path[8:].decode("utf-8", "surrogateescape")
+    # Jump from marker to marker instead of splitting every line: a process maps
+    # hundreds of files and few buffers. A marker counts only as a line's path
+    # column (after the 5 fields); names containing newlines split a line, and the
+    # continuation lines fail that test.
+    for marker in _MAP_MARKERS:
+        at = maps.find(marker)
+        while at >= 0:
+            start = maps.rfind(b"\n", 0, at) + 1
+            end = maps.find(b"\n", at)
+            line = maps[start:end if end >= 0 else len(maps)]
+            at = maps.find(marker, end) if end >= 0 else -1
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith(marker):
+                _add_mapping(pid, fields, marker is _MAP_MARKERS[0], found)
+
+
+def _add_mapping(pid: int, fields: list[bytes], kernel: bool, found: dict[_Key, _Found]) -> None:
+    try:
+        lo, _, hi = fields[0].partition(b"-")
+        key: _Key = (kernel, int(fields[4]))
+        extent = int(fields[2], 16) + int(hi, 16) - int(lo, 16)
+    except ValueError:
+        return
+    entry = found.get(key)
+    if entry is None:
+        entry = found[key] = _Found()
+    entry.maps[pid] = entry.maps.get(pid, 0) + 1
+    if extent > entry.map_extent:
+        entry.map_extent = extent
+        entry.map_path = f"/proc/{pid}/map_files/{fields[0].decode()}"
+    path = fields[5]
+    if kernel and entry.name is None and len(path) > 8:
+        entry.name = path[8:].decode("utf-8", "surrogateescape")
 
 
 def _fd_buffer(pid: int | str, fd: str, found: dict[_Key, _Found]) -> _Key | None:
