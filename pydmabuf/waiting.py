@@ -1,9 +1,11 @@
-"""Waiting on many fences at once: ``wait_all`` and ``wait_any``.
+"""Waiting on many fences at once: ``wait_all``, ``wait_any`` and ``FenceSet``.
 
-One epoll set per call, so a wakeup costs the same whether 1 or 1024 fences are
-watched (``poll()`` rescans every fd on each wakeup). The deadline is computed once
-on entry: a wait interrupted by signals still returns by it (libsync restarts
-with the full timeout after EINTR).
+Sleeping happens in epoll, so a wakeup costs the same whether 1 or 1024 fences are
+watched (``poll()`` rescans every fd on each wakeup). Registering costs O(n) per
+call, so ``wait_any``/``wait_all`` first try one non-blocking poll(), and
+``FenceSet`` keeps its registrations across waits for loops that wait again and
+again. The deadline is computed once on entry: a wait interrupted by signals still
+returns by it (libsync restarts with the full timeout after EINTR).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .syncfile import SyncFile
 
 Waitable = SyncFile | Buffer
 _BAD = select.EPOLLERR | select.EPOLLHUP
+_POLLIN = select.POLLIN
 
 
 def poll_target(obj: object, write: bool) -> tuple[int, int, bool]:
@@ -171,35 +174,108 @@ class FenceSet:
         return f"<FenceSet {state} write={self._write}>"
 
 
+def _targets(objs: list[object], write: bool) -> tuple[dict[int, int], dict[int, list[int]], list[int]]:
+    """{fd: events}, {fd: positions in objs} and the fds made for this call."""
+    events: dict[int, int] = {}
+    at: dict[int, list[int]] = {}
+    owned: list[int] = []
+    try:
+        for i, obj in enumerate(objs):
+            if type(obj) is SyncFile and obj._fd >= 0:  # the common case, inlined
+                fd, ev = obj._fd, _POLLIN
+            else:
+                fd, ev, new = poll_target(obj, write)
+                if new:
+                    owned.append(fd)
+            if fd in at:
+                at[fd].append(i)
+            else:
+                at[fd] = [i]
+                events[fd] = ev
+    except BaseException:
+        _close_all(owned)
+        raise
+    return events, at, owned
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _ready_now(events: dict[int, int], what: str) -> list[int]:
+    """One non-blocking poll(): much cheaper than building an epoll set (epoll_ctl
+    costs microseconds per fd), and often enough, e.g. for frames already done."""
+    poller = select.poll()
+    for fd, ev in events.items():
+        poller.register(fd, ev)
+    return _check(poller.poll(0), events, what)
+
+
+def _check(ready: list[tuple[int, int]], events: dict[int, int], what: str) -> list[int]:
+    found = []
+    for fd, mask in ready:
+        if mask & events[fd]:
+            found.append(fd)
+        elif mask & (_BAD | select.POLLNVAL):
+            raise error(E.EBADF, f"{what}: fd {fd} reported an error or hang-up")
+    return found
+
+
+def _block(events: dict[int, int], deadline: float | None, every: bool, what: str) -> list[int]:
+    """Sleep in epoll until one (``every``: each) fd is ready; return the ready fds.
+    Every pass recomputes the time left from the one deadline (EINTR included)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise timed_out(what)  # timeout=0: the poll() just done was the whole wait
+    pending = dict(events)
+    found: list[int] = []
+    with select.epoll() as ep:
+        for fd, ev in pending.items():
+            ep.register(fd, ev)
+        while True:
+            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = _check(ep.poll(wait, len(pending)), pending, what)
+            found += ready
+            if every:
+                for fd in ready:  # done for good: fences signal once
+                    ep.unregister(fd)
+                    del pending[fd]
+                if not pending:
+                    return found
+            elif found:
+                return found
+            if deadline is not None and time.monotonic() >= deadline:
+                raise timed_out(what)
+
+
 def wait_any(fences: Iterable[Waitable], timeout: float | None = None, *,
              write: bool = False) -> list[Waitable]:
     """Block until at least one of ``fences`` is ready and return the ready ones, in
     the order given. Buffers count as ready when a reader (``write=True``: a writer)
     may proceed. Raises TimeoutError once ``timeout`` seconds have passed."""
-    objs = list(fences)
+    objs: list[object] = list(fences)
     if not objs:
         raise invalid("wait_any() needs at least one fence")
     deadline = _deadline(timeout, "wait_any")
-    with FenceSet(objs, write=write) as waiters:
-        found = waiters._poll(deadline, "wait_any")
-    if not found:
-        raise timed_out("wait_any")
-    ready = {id(obj) for obj in found}
-    return [obj for obj in objs if id(obj) in ready]
+    events, at, owned = _targets(objs, write)
+    try:
+        found = _ready_now(events, "wait_any") or _block(events, deadline, False, "wait_any")
+    finally:
+        _close_all(owned)
+    return [objs[i] for i in sorted(i for fd in found for i in at[fd])]  # type: ignore[misc]
 
 
 def wait_all(fences: Iterable[Waitable], timeout: float | None = None, *,
              write: bool = False) -> None:
     """Block until every one of ``fences`` is ready (see ``wait_any``); an empty
     iterable returns at once. Raises TimeoutError once ``timeout`` seconds have passed."""
-    objs = list(fences)
+    objs: list[object] = list(fences)
     deadline = _deadline(timeout, "wait_all")
-    with FenceSet(objs, write=write) as waiters:
-        pending = len(waiters)
-        while pending:
-            found = waiters._poll(deadline, "wait_all")
-            if not found:
-                raise timed_out("wait_all")
-            for obj in found:  # done for good: stop watching it
-                waiters.discard(obj)  # type: ignore[arg-type]
-            pending = len(waiters)
+    events, _at, owned = _targets(objs, write)
+    try:
+        for fd in _ready_now(events, "wait_all"):
+            del events[fd]
+        if events:
+            _block(events, deadline, True, "wait_all")
+    finally:
+        _close_all(owned)
