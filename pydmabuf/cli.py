@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,22 +38,25 @@ def _info(args: argparse.Namespace) -> int:
     yes_no = {True: "yes", False: "no", None: "unknown"}
     print(f"backend:  {report.backend}")
     print(f"kernel:   {report.kernel} ({report.machine})")
-    if report.heaps:
-        for heap in report.heaps:
-            state = "usable" if heap.usable else f"NOT usable: {heap.problem}"
-            print(f"heap:     {heap.name}: {state}")
+    for heap in report.heaps:
+        print(f"heap:     {heap.name}: {'usable' if heap.usable else heap.problem}")
+        if heap.fix:
+            print(f"          fix: {heap.fix}")
+    if not report.heaps:
+        print("heaps:    none (no /dev/dma_heap: kernel without CONFIG_DMABUF_HEAPS)")
+    limits = f"size_limit_mb={report.udmabuf_size_limit_mb}, list_limit={report.udmabuf_list_limit}"
+    if report.udmabuf is None:
+        print("udmabuf:  absent (no /dev/udmabuf: kernel without CONFIG_UDMABUF)")
     else:
-        print("heaps:    none (no /dev/dma_heap)")
-    if report.udmabuf:
-        state = "usable" if report.udmabuf_usable else f"NOT usable: {report.udmabuf_problem}"
-        print(f"udmabuf:  {state} (size_limit_mb={report.udmabuf_size_limit_mb}, "
-              f"list_limit={report.udmabuf_list_limit})")
-    else:
-        print("udmabuf:  absent (no /dev/udmabuf)")
-    for name, value in report.features.items():
-        print(f"feature:  {name}: {yes_no[value]}")
+        print(f"udmabuf:  {'usable' if report.udmabuf.usable else report.udmabuf.problem} ({limits})")
+        if report.udmabuf.fix:
+            print(f"          fix: {report.udmabuf.fix}")
+    for feature in report.features:
+        print(f"feature:  {feature.name:<17} {yes_no[feature.supported]:<8} {feature.detail}")
+        if feature.fix:
+            print(f"          fix: {feature.fix}")
     if report.backend == "fallback":
-        print("note:     no dma-buf devices here; the fallback backend (memfd/eventfd) is active")
+        print("note:     no usable dma-buf devices; the fallback backend (memfd/eventfd) is active")
     return 0
 
 
@@ -64,20 +68,26 @@ COMMANDS: dict[str, Command] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pydmabuf", description="Linux dma-buf tools")
+    parser = argparse.ArgumentParser(
+        prog="pydmabuf", description="Linux dma-buf tools",
+        epilog="exit status: 0 success, 1 failure (reason on stderr), 2 usage error. "
+               "'pydmabuf COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=f"pydmabuf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print(f"pydmabuf: error: a command is required ({', '.join(COMMANDS)}); "
+              "see 'pydmabuf --help'", file=sys.stderr)
         return 2
     try:
         return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `pydmabuf ps | head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 0
     except OSError as exc:
         print(f"pydmabuf {args.command}: {exc}", file=sys.stderr)

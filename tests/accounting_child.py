@@ -7,6 +7,7 @@ Roles:
                  mmap's dup stays); "maponly" (1 page): libc mmap, every fd closed
   nobody         allocate "nobody" (1 page) as root, drop to uid/gid 65534, then
                  print snapshot().as_dict() and the output of `pydmabuf ps --json`
+  nobody-info    drop to uid/gid 65534 and print the result of `pydmabuf info --json`
 Each prints one line ("ready" or JSON) and waits for stdin to close.
 """
 
@@ -23,7 +24,7 @@ import socket
 import sys
 
 import pydmabuf
-from pydmabuf import accounting, cli, cli_ps  # noqa: F401 - cli_ps now: unreadable after the uid drop
+from pydmabuf import accounting, cli, cli_ps, features  # noqa: F401 - now: unreadable after the drop
 
 PAGE = mmap.PAGESIZE
 NOBODY = 65534
@@ -38,6 +39,20 @@ def _libc_map(fd: int, size: int) -> int:
     if addr in (None, ctypes.c_void_p(-1).value):
         raise OSError(ctypes.get_errno(), "mmap")
     return int(addr)
+
+
+def _drop_privileges() -> None:
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as for a process nobody started
+
+
+def _run_cli(argv: list[str]) -> dict[str, object]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
 def main(role: str, arg: str | None) -> None:
@@ -63,17 +78,15 @@ def main(role: str, arg: str | None) -> None:
     elif role == "nobody":
         with pydmabuf.Heap() as heap:
             keep.append(heap.allocate(PAGE, name="nobody"))
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
-        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as for a process nobody started
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()) as err:
-            code = cli.main(["ps", "--json"])
+        _drop_privileges()
         result = {"pid": os.getpid(), "snapshot": accounting.snapshot().as_dict(),
-                  "cli": {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}}
+                  "cli": _run_cli(["ps", "--json"])}
         print(json.dumps(result), flush=True)
         sys.stdin.read()
+        return
+    elif role == "nobody-info":
+        _drop_privileges()
+        print(json.dumps(_run_cli(["info", "--json"])), flush=True)
         return
     print("ready", flush=True)
     sys.stdin.read()
