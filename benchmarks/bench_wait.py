@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager, suppress
 from pathlib import Path
 
 import pydmabuf
@@ -49,8 +49,10 @@ def child_signals(timeline: pydmabuf.Timeline, go: int, rounds: int, delay: floa
 
 
 def measure(what: str, n: int, rounds: int, delay: float,
-            wait: Callable[[pydmabuf.SyncFile], None], call: Callable[[], object]) -> Row:
-    """``wait(active)`` blocks until round r's fence signals; run it ``rounds`` times."""
+            wait: Callable[[pydmabuf.SyncFile], None], call: Callable[[], object],
+            after: Callable[[pydmabuf.SyncFile], None] = lambda f: None) -> Row:
+    """``wait(active)`` blocks until round r's fence signals; run it ``rounds`` times.
+    ``after(active)`` (untimed) tidies up each round."""
     with ExitStack() as stack:
         active_tl = stack.enter_context(pydmabuf.Timeline())
         actives = [stack.enter_context(active_tl.fence(r + 1)) for r in range(rounds)]
@@ -67,6 +69,7 @@ def measure(what: str, n: int, rounds: int, delay: float,
                 os.write(go_w, b"g")
                 wait(fence)
                 ret = time.monotonic_ns()
+                after(fence)
                 stamp = fence.info().fences[0].timestamp_ns
                 missed += stamp < before  # signaled before we slept: not a real wakeup
                 lat.append((ret - stamp) / 1000)
@@ -83,43 +86,58 @@ def measure(what: str, n: int, rounds: int, delay: float,
     return what, n, statistics.median(lat), lat[len(lat) * 9 // 10], call_us, missed
 
 
-def python_rows(n: int, rounds: int, delay: float) -> list[Row]:
-    rows = []
+@contextmanager
+def fences(n_idle: int) -> Iterator[tuple[list[pydmabuf.SyncFile], pydmabuf.SyncFile]]:
+    """``n_idle`` fences that stay pending, and one signaled fence (for call costs).
+    Made afresh per measurement: vgem fences expire ~10 s after they are made."""
     with ExitStack() as stack:
         idle_tl = stack.enter_context(pydmabuf.Timeline())
-        idle = [stack.enter_context(idle_tl.fence(1)) for _ in range(n - 1)]
+        idle = [stack.enter_context(idle_tl.fence(1)) for _ in range(n_idle)]
         done_tl = stack.enter_context(pydmabuf.Timeline())
         done = stack.enter_context(done_tl.fence(1))
-        done_tl.signal(1)  # for the per-call cost
+        done_tl.signal(1)
+        yield idle, done
+        assert not any(f.signaled for f in idle), "idle fences signaled during the run"
 
-        fs = stack.enter_context(pydmabuf.FenceSet(idle))
+
+def python_rows(n: int, rounds: int, delay: float) -> list[Row]:
+    rows = []
+    with fences(n - 1) as (idle, done), pydmabuf.FenceSet(idle) as fs:
 
         def set_wait(fence: pydmabuf.SyncFile) -> None:
-            fs.add(fence)
+            fs.add(fence)  # before the child signals: not part of the wakeup
             ready = fs.wait_any()
             assert ready == [fence], f"an idle fence signaled (vgem expiry?): {ready}"
-            fs.discard(fence)
 
         def set_call() -> None:
             fs.add(done)
             fs.wait_any()
             fs.discard(done)
 
+        rows.append(measure("FenceSet.wait_any", n, rounds, delay, set_wait, set_call, fs.discard))
+
+    with fences(n - 1) as (idle, done), pydmabuf.Timeline() as tl, tl.fence(1) as never:
+        one_shot = [*idle, done]
+
         def any_wait(fence: pydmabuf.SyncFile) -> None:
             assert pydmabuf.wait_any([*idle, fence]) == [fence]
 
-        one_shot = [*idle, done]
-        one_shot_cost = min(_time(lambda: pydmabuf.wait_any(one_shot)) for _ in range(5))
-        rows.append(measure("FenceSet.wait_any", n, rounds, delay, set_wait, set_call))
-        rows.append(measure("wait_any(list)", n, rounds, delay + 3 * one_shot_cost, any_wait,
+        def blocking_setup() -> None:  # register all, sleep the minimum 1 ms, tear down
+            with suppress(pydmabuf.TimeoutError):
+                pydmabuf.wait_any([*idle, never], timeout=1e-6)
+
+        # The child must signal only once the parent sleeps in epoll.
+        setup = min(_time(blocking_setup) for _ in range(3))
+        rows.append(measure("wait_any(list)", n, rounds, delay + 2 * setup, any_wait,
                             lambda: pydmabuf.wait_any(one_shot)))
-        if n == 1:
+        tl.signal(1)
+
+    if n == 1:
+        with fences(0) as (_idle, done), closing(asyncio.new_event_loop()) as loop:
             rows.append(measure("SyncFile.wait", n, rounds, delay, lambda f: f.wait(), done.wait))
-            loop = stack.enter_context(closing(asyncio.new_event_loop()))
             rows.append(measure("await wait_async", n, rounds, delay,
                                 lambda f: loop.run_until_complete(f.wait_async()),
                                 lambda: loop.run_until_complete(done.wait_async())))
-        assert not any(f.signaled for f in idle), "idle fences signaled during the run"
     return rows
 
 
