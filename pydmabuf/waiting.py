@@ -76,9 +76,9 @@ class FenceSet:
         return obj in self._entries
 
     def add(self, obj: Waitable) -> None:
-        """Watch ``obj`` (a SyncFile, or a Buffer's implicit fences); adding twice does nothing."""
-        if self._epoll.closed:
-            raise closed("FenceSet")
+        """Watch ``obj`` (a SyncFile, or a Buffer's implicit fences: on the fallback
+        backend, those present when it is added); adding twice does nothing."""
+        self._check_open()
         if obj in self._entries:
             return
         fd, events, new = poll_target(obj, self._write)
@@ -91,6 +91,10 @@ class FenceSet:
         self._entries[obj] = (self._seq, fd, events, new)
         self._by_fd[fd] = obj
         self._seq += 1
+
+    def _check_open(self) -> None:
+        if self._epoll.closed:
+            raise closed("FenceSet")
 
     def discard(self, obj: Waitable) -> None:
         """Stop watching ``obj`` (absent: nothing happens)."""
@@ -126,6 +130,7 @@ class FenceSet:
     def wait_any(self, timeout: float | None = None) -> list[Waitable]:
         """The ready members (at least one) in the order they were added; they stay
         members. TimeoutError after ``timeout`` seconds."""
+        self._check_open()
         if not self._entries:
             raise invalid("wait_any() on an empty FenceSet would never return")
         found = self._poll(_deadline(timeout, "wait_any"), "wait_any")
@@ -138,6 +143,7 @@ class FenceSet:
     def wait_all(self, timeout: float | None = None) -> None:
         """Until every member is ready (at some moment: fences signal once, a buffer's
         readiness is checked when it is reported). TimeoutError after ``timeout`` seconds."""
+        self._check_open()
         deadline = _deadline(timeout, "wait_all")
         muted: list[int] = []  # ready ones stop being reported for the rest of this call
         try:
@@ -161,6 +167,12 @@ class FenceSet:
                 os.close(fd)
         self._entries.clear()
         self._by_fd.clear()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_epoll", None) or self._epoll.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.close()
 
     def __enter__(self) -> FenceSet:
         return self

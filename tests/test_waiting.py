@@ -277,8 +277,9 @@ def test_fence_set_wait_all_keeps_members(timeline: pydmabuf.Timeline) -> None:
         fs.wait_all(5)
         assert fs.wait_any(0) == [a, b] and len(fs) == 2
     assert "closed" in repr(fs)
-    with pytest.raises(pydmabuf.ClosedError):
-        fs.add(a)
+    for call in (lambda: fs.add(a), fs.wait_any, fs.wait_all):
+        with pytest.raises(pydmabuf.ClosedError):
+            call()
 
 
 def test_fence_set_of_buffers_closes_its_fds(heap: pydmabuf.Heap, timeline: pydmabuf.Timeline) -> None:
@@ -292,6 +293,9 @@ def test_fence_set_of_buffers_closes_its_fds(heap: pydmabuf.Heap, timeline: pydm
             assert fs.wait_any(5) == [buf]
             fs.discard(buf)
             fs.add(buf)
+        # A set dropped without close() still releases the fds it made.
+        dropped = pydmabuf.FenceSet([buf])
+        del dropped
 
 
 # --- merge_all, info, repr ------------------------------------------------------------
