@@ -7,8 +7,10 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 
 from __future__ import annotations
 
+from . import channel
 from .backends import get_backend
 from .buffer import Buffer, CpuAccess, Mapping
+from .channel import Consumer, Frame, Producer
 from .errors import (
     ClosedError,
     Error,
@@ -21,6 +23,7 @@ from .errors import (
 )
 from .heap import Heap, heaps
 from .info import BufferInfo, FenceInfo, SyncFileInfo
+from .share import ProtocolError, recv, send
 from .syncfile import SyncFile
 from .timeline import Timeline
 from .udmabuf import udmabuf, udmabuf_from_memfd, udmabuf_from_ranges
@@ -29,11 +32,39 @@ from .waiting import FenceSet, wait_all, wait_any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Buffer", "BufferInfo", "ClosedError", "CpuAccess", "Error", "FenceInfo", "Heap",
-    "InvalidArgumentError", "Mapping", "NotFoundError", "OutOfMemoryError",
-    "PermissionDeniedError", "SyncFile", "SyncFileInfo", "Timeline", "TimeoutError",
-    "UnsupportedError", "backend", "get_backend", "heaps", "udmabuf",
-    "udmabuf_from_memfd", "udmabuf_from_ranges", "FenceSet", "wait_all", "wait_any",
+    "Buffer",
+    "BufferInfo",
+    "ClosedError",
+    "Consumer",
+    "CpuAccess",
+    "Error",
+    "FenceInfo",
+    "FenceSet",
+    "Frame",
+    "Heap",
+    "InvalidArgumentError",
+    "Mapping",
+    "NotFoundError",
+    "OutOfMemoryError",
+    "PermissionDeniedError",
+    "Producer",
+    "ProtocolError",
+    "SyncFile",
+    "SyncFileInfo",
+    "Timeline",
+    "TimeoutError",
+    "UnsupportedError",
+    "backend",
+    "channel",
+    "get_backend",
+    "heaps",
+    "recv",
+    "send",
+    "udmabuf",
+    "udmabuf_from_memfd",
+    "udmabuf_from_ranges",
+    "wait_all",
+    "wait_any",
 ]
 
 backend: str  # resolved on first access (module __getattr__), see below

@@ -30,6 +30,25 @@ class SyncFile(FdHolder):
         b.check_sync_file(fd)
         return cls(fd if own else dup_cloexec(fd), b)
 
+    @classmethod
+    def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> SyncFile:
+        """Take process ``pid``'s sync-file fd ``fd`` (pidfd_getfd, Linux 5.6+). Needs
+        ptrace access to ``pid``; PermissionError says what is missing."""
+        from ._pidfd import take_fd
+
+        new = take_fd(pid, fd)
+        try:
+            return cls.from_fd(new, backend=backend)
+        except BaseException:
+            os.close(new)
+            raise
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # multiprocessing duplicates the fd into the receiver (see pydmabuf._pickle).
+        from ._pickle import reduce_sync_file
+
+        return reduce_sync_file(self)
+
     @property
     def backend(self) -> str:
         return self._backend.name
