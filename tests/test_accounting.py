@@ -156,6 +156,19 @@ def test_snapshot_sees_own_buffer_with_newline_name(heap: pydmabuf.Heap) -> None
             m[0] = 1
 
 
+def test_snapshot_sees_udmabuf() -> None:
+    try:
+        buf = pydmabuf.udmabuf(2 * PAGE, name="udma")
+    except pydmabuf.UnsupportedError as exc:
+        pytest.skip(f"no udmabuf on the {BACKEND} backend: {exc}")
+    with buf:
+        mine = accounting.snapshot().filter(pids=[os.getpid()], name="udma")
+        [found] = mine.buffers
+        assert (found.inode, found.size) == (buf.info().inode, 2 * PAGE)
+        assert found.exporter == ("udmabuf" if BACKEND == "kernel" else accounting.FALLBACK_EXPORTER)
+        assert found.holders == [Holder(os.getpid(), 1, 0)]
+
+
 def test_snapshot_counts_processes() -> None:
     snap = accounting.snapshot()
     assert snap.scanned >= 1
