@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from types import TracebackType
 
 from . import _wait
+from ._access import CpuAccess
 from ._fd import FdHolder, as_fd, dup_cloexec
 from .backends import Backend, get_backend
 from .errors import READONLY_MAP_HINT, closed, error, invalid
@@ -14,6 +14,7 @@ from .info import BufferInfo
 from .syncfile import SyncFile
 
 READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
+_new = object.__new__
 NAME_MAX = 31  # DMA_BUF_NAME_LEN minus the NUL
 
 
@@ -34,39 +35,6 @@ class Mapping(mmap.mmap):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"size={len(self)}"
         return f"<pydmabuf.Mapping {state}>"
-
-
-class CpuAccess:
-    """``with buffer.cpu_access(...)``: DMA_BUF_IOCTL_SYNC START on entry, END on exit
-    (also when the block raises). Reusable; Buffer caches the default one."""
-
-    __slots__ = ("_buffer", "_flags", "_timeout")
-
-    def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
-        self._buffer = buffer
-        self._flags = flags
-        self._timeout = timeout
-
-    def __enter__(self) -> Buffer:
-        buf = self._buffer
-        fd = buf._fd
-        if fd < 0:
-            raise closed("Buffer")
-        if self._timeout is not None:
-            # START waits for implicit fences with no limit, so honour the timeout first.
-            buf.wait(write=bool(self._flags & WRITE), timeout=self._timeout)
-        buf._backend.sync(fd, self._flags)
-        return buf
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        buf = self._buffer
-        if buf._fd >= 0:  # closed inside the block: the bracket died with the fd
-            buf._backend.sync(buf._fd, self._flags | END)
 
 
 class Buffer(FdHolder):
@@ -149,12 +117,14 @@ class Buffer(FdHolder):
             raise error(exc.errno or 22, "mmap") from None
 
     def cpu_access(self, read: bool = True, write: bool = True, timeout: float | None = None) -> CpuAccess:
+        """Bracket CPU access to the mapping; ``timeout`` bounds the wait for the
+        buffer's implicit fences (TimeoutError), which SYNC START alone never does."""
         if read and write and timeout is None:
             access = self._access
             if access is None:
-                access = self._access = CpuAccess(self, READ | WRITE, None)
+                access = self._access = self._backend.cpu_access(self, READ | WRITE, None)
             return access
-        return CpuAccess(self, _direction(read, write), timeout)
+        return self._backend.cpu_access(self, _direction(read, write), timeout)
 
     def begin_cpu_access(self, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC START alone; pair with ``end_cpu_access``."""
@@ -166,7 +136,14 @@ class Buffer(FdHolder):
     # --- implicit fences ---------------------------------------------------------
     def export_sync_file(self, *, read: bool = True, write: bool = True) -> SyncFile:
         """A snapshot of the fences a reader (read only) or writer must wait for."""
-        return SyncFile(self._backend.export_sync_file(self.fileno(), _direction(read, write)), self._backend)
+        fd = self._fd
+        if fd < 0:
+            raise closed("Buffer")
+        backend = self._backend
+        fence = _new(SyncFile)  # hot path: no __init__ frame
+        fence._fd = backend.export_sync_file(fd, READ | WRITE if read and write else _direction(read, write))
+        fence._backend = backend
+        return fence
 
     def import_sync_file(self, sync_file: SyncFile, *, write: bool = True) -> None:
         """Add ``sync_file``'s fence to the buffer: as a write fence (everyone waits)

@@ -6,10 +6,10 @@ import errno as E
 import os
 
 from ._fd import FdHolder
-from ._memfd import page_round
+from ._memfd import PAGE_SIZE
 from .backends import Backend, get_backend
 from .buffer import Buffer
-from .errors import error, invalid
+from .errors import closed, error, invalid
 
 
 def heaps(*, backend: str | Backend | None = None) -> list[str]:
@@ -22,6 +22,8 @@ def _physical_memory() -> int:
 
 
 _MEMORY = _physical_memory()
+_PAGE_MASK = PAGE_SIZE - 1
+_new = object.__new__
 
 
 def check_size(size: object) -> int:
@@ -63,8 +65,17 @@ class Heap(FdHolder):
             # an oversized request makes the OOM killer pick some other process.
             raise error(E.ENOMEM, f"allocating {size} bytes from heap {self._name!r}",
                         f"larger than this machine's {_MEMORY} bytes of memory")
-        fd = self._backend.allocate(self.fileno(), self._name, size)
-        buf = Buffer(fd, page_round(size), self._backend)
+        heap_fd = self._fd
+        if heap_fd < 0:
+            raise closed("Heap")
+        backend = self._backend
+        # Hot path: fill the slots directly instead of paying for an __init__ frame.
+        buf = _new(Buffer)
+        buf._fd = backend.allocate(heap_fd, self._name, size)
+        buf._size = (size + _PAGE_MASK) & ~_PAGE_MASK
+        buf._backend = backend
+        buf._offset = 0
+        buf._access = None
         if name is not None:
             try:
                 buf.set_name(name)

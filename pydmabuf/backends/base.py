@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from .._access import CpuAccess
 from ..info import BufferInfo, FenceInfo
+
+if TYPE_CHECKING:
+    from ..buffer import Buffer
 
 Range = tuple[int, int, int]  # (memfd, offset, size)
 
@@ -40,6 +45,10 @@ class Backend(ABC):
     # The hottest call, DMA_BUF_IOCTL_SYNC: a plain function attribute (fd, flags),
     # so cpu_access pays no extra Python frame.
     sync: Callable[[int, int], None]
+
+    def cpu_access(self, buffer: Buffer, flags: int, timeout: float | None) -> CpuAccess:
+        """The bracket object for ``buffer.cpu_access``; backends may specialise it."""
+        return CpuAccess(buffer, flags, timeout)
 
     # --- buffers -------------------------------------------------------------------
     @abstractmethod

@@ -6,7 +6,12 @@ import errno as E
 import os
 import select
 
-from .. import _fdinfo, _ops
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .. import _fdinfo, _ffi, _ops
+from .._access import CpuAccess
+from .._ffi import ffi, lib
 from ..errors import (
     CMA_HINT,
     HEAP_PERMISSION_HINT,
@@ -19,12 +24,62 @@ from ..errors import (
 from ..info import BufferInfo, FenceInfo
 from .base import Backend, Range, TimelineSource
 
+if TYPE_CHECKING:
+    from ..buffer import Buffer
+
 HEAP_DIR = "/dev/dma_heap"
 UDMABUF_DEV = "/dev/udmabuf"
 O_RDWR_CLOEXEC = os.O_RDWR | os.O_CLOEXEC  # O_CLOEXEC alone gives a read-only buffer
 
 _UDMABUF_HINTS = {E.EINVAL: UDMABUF_EINVAL_HINT, E.EACCES: UDMABUF_PERMISSION_HINT,
                   E.EBADFD: "each range needs a memfd (shmem) fd"}
+
+
+_ioctl = lib.ioctl
+_SYNC = _ffi.DMA_BUF_IOCTL_SYNC
+_ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
+_EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
+_ALLOC_T = ffi.typeof("struct dma_heap_allocation_data *")
+_EXPORT_T = ffi.typeof("struct dma_buf_export_sync_file *")
+# Reusable argument structs. cffi releases the GIL during the ioctl, so a struct is
+# popped for exclusive use and pushed back afterwards (both atomic under the GIL);
+# a thread finding the pool empty allocates its own. Cheaper than ffi.new per call.
+_alloc_pool: list[object] = []
+_export_pool: list[object] = []
+
+
+class KernelCpuAccess(CpuAccess):
+    """The bracket with both ioctls inline: the hottest path in the library."""
+
+    __slots__ = ("_start_arg", "_end_arg")
+
+    def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
+        super().__init__(buffer, flags, timeout)
+        # Read-only for the kernel, so shared instances are safe across threads.
+        self._start_arg = ffi.new("struct dma_buf_sync *", {"flags": flags})
+        self._end_arg = ffi.new("struct dma_buf_sync *", {"flags": flags | _END})
+
+    def __enter__(self) -> Buffer:
+        buf = self._buffer
+        fd = buf._fd
+        if fd < 0 or self._timeout is not None:
+            return super().__enter__()
+        if _ioctl(fd, _SYNC, self._start_arg) < 0:
+            _ops.dma_buf_sync(fd, self._flags)  # retries EINTR/EAGAIN or raises
+        return buf
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fd = self._buffer._fd
+        if fd >= 0 and _ioctl(fd, _SYNC, self._end_arg) < 0:
+            _ops.dma_buf_sync(fd, self._flags | _END)
+
+
+_END = 4
 
 
 def available() -> bool:
@@ -52,9 +107,29 @@ class KernelBackend(Backend):
         except PermissionError as exc:
             raise error(exc.errno or E.EACCES, f"opening {path}", HEAP_PERMISSION_HINT) from None
 
+    def cpu_access(self, buffer: Buffer, flags: int, timeout: float | None) -> CpuAccess:
+        return KernelCpuAccess(buffer, flags, timeout)
+
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
-        hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
-        return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, hints)
+        arg = _alloc_pool.pop() if _alloc_pool else ffi.new(_ALLOC_T)
+        arg.len = size  # type: ignore[attr-defined]
+        arg.fd = 0  # type: ignore[attr-defined]  # the kernel rejects a stale fd field
+        arg.fd_flags = O_RDWR_CLOEXEC  # type: ignore[attr-defined]
+        if _ioctl(heap_fd, _ALLOC, arg) < 0:
+            hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
+            return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, hints)  # retry or raise
+        fd: int = arg.fd  # type: ignore[attr-defined]
+        _alloc_pool.append(arg)
+        return fd
+
+    def export_sync_file(self, fd: int, flags: int) -> int:
+        arg = _export_pool.pop() if _export_pool else ffi.new(_EXPORT_T)
+        arg.flags = flags  # type: ignore[attr-defined]
+        if _ioctl(fd, _EXPORT, arg) < 0:
+            return _ops.dma_buf_export_sync_file(fd, flags)  # retry or raise
+        sync_fd: int = arg.fd  # type: ignore[attr-defined]
+        _export_pool.append(arg)
+        return sync_fd
 
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
         try:
@@ -89,7 +164,6 @@ class KernelBackend(Backend):
             count=int(fields.get("count", 0)),
         )
 
-    export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
     import_sync_file = staticmethod(_ops.dma_buf_import_sync_file)
 
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
