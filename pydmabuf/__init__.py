@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from . import channel
 from .backends import get_backend
-from .buffer import Buffer, CpuAccess, Mapping
+from ._access import CpuAccess
+from .buffer import Buffer, Mapping
 from .channel import Consumer, Frame, Producer
 from .errors import (
     ClosedError,

@@ -239,4 +239,4 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
 
 
 def _str(chars: object) -> str:
-    return ffi.string(chars).decode("utf-8", "replace")  # type: ignore[no-any-return, union-attr]
+    return ffi.string(chars).decode("utf-8", "replace")  # type: ignore[no-any-return]

@@ -236,7 +236,7 @@ class FallbackBackend(Backend):
         state.fences = alive
         return [fd for fd, is_write in alive if write or is_write]
 
-    def sync(self, fd: int, flags: int) -> None:  # type: ignore[override]
+    def sync(self, fd: int, flags: int) -> None:
         if flags & ~(_READ | _WRITE | _END) or not flags & (_READ | _WRITE):
             raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
         with self._lock:

@@ -7,7 +7,7 @@ import os
 import select
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _fdinfo, _ffi, _ops
 from .._access import CpuAccess
@@ -44,8 +44,8 @@ _EXPORT_T = ffi.typeof("struct dma_buf_export_sync_file *")
 # Reusable argument structs. cffi releases the GIL during the ioctl, so a struct is
 # popped for exclusive use and pushed back afterwards (both atomic under the GIL);
 # a thread finding the pool empty allocates its own. Cheaper than ffi.new per call.
-_alloc_pool: list[object] = []
-_export_pool: list[object] = []
+_alloc_pool: list[Any] = []
+_export_pool: list[Any] = []
 
 
 class KernelCpuAccess(CpuAccess):
@@ -112,22 +112,22 @@ class KernelBackend(Backend):
 
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
         arg = _alloc_pool.pop() if _alloc_pool else ffi.new(_ALLOC_T)
-        arg.len = size  # type: ignore[attr-defined]
-        arg.fd = 0  # type: ignore[attr-defined]  # the kernel rejects a stale fd field
-        arg.fd_flags = O_RDWR_CLOEXEC  # type: ignore[attr-defined]
+        arg.len = size
+        arg.fd = 0  # the kernel rejects a stale fd field
+        arg.fd_flags = O_RDWR_CLOEXEC
         if _ioctl(heap_fd, _ALLOC, arg) < 0:
             hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
             return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, hints)  # retry or raise
-        fd: int = arg.fd  # type: ignore[attr-defined]
+        fd: int = arg.fd
         _alloc_pool.append(arg)
         return fd
 
     def export_sync_file(self, fd: int, flags: int) -> int:
         arg = _export_pool.pop() if _export_pool else ffi.new(_EXPORT_T)
-        arg.flags = flags  # type: ignore[attr-defined]
+        arg.flags = flags
         if _ioctl(fd, _EXPORT, arg) < 0:
             return _ops.dma_buf_export_sync_file(fd, flags)  # retry or raise
-        sync_fd: int = arg.fd  # type: ignore[attr-defined]
+        sync_fd: int = arg.fd
         _export_pool.append(arg)
         return sync_fd
 
