@@ -223,6 +223,10 @@ class Producer:
                 msg = sock.recv(64, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
+            except ConnectionResetError:
+                # The peer closed with frames unread: the kernel reports that once,
+                # ahead of what it queued before closing (maybe a goodbye). Read on.
+                continue
             except OSError:
                 msg = b""
             if not msg:
@@ -447,7 +451,12 @@ class Consumer:
                 if time.monotonic() >= deadline:  # type: ignore[operator]
                     raise timed_out("Consumer.receive")
         try:
-            objects, data = share.recv_data(sock)
+            try:
+                objects, data = share.recv_data(sock)
+            except ConnectionResetError:
+                # Reported once when the producer closed with our releases unread,
+                # ahead of the frames and end-of-stream it queued before: read on.
+                objects, data = share.recv_data(sock)
         except (EOFError, ConnectionResetError):
             self.end_reason = "the producer went away without ending the stream (crashed or killed)"
             log.warning("consumer: %s", self.end_reason)
