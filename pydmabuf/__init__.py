@@ -8,8 +8,8 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 from __future__ import annotations
 
 from . import channel
-from .backends import get_backend
 from ._access import CpuAccess
+from .backends import get_backend
 from .buffer import Buffer, Mapping
 from .channel import Consumer, Frame, Producer
 from .errors import (

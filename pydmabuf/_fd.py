@@ -76,7 +76,7 @@ class FdHolder:
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
             self._fd = -1
-            try:
+            try:  # noqa: SIM105 - plain try: contextlib may be gone at interpreter exit
                 os.close(fd)
             except OSError:
                 pass

@@ -37,7 +37,7 @@ class NotFoundError(Error, builtins.FileNotFoundError):
     """ENOENT: no such heap, device or fence."""
 
 
-class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - deliberately shadows
+class TimeoutError(Error, builtins.TimeoutError):
     """A wait reached its deadline (ETIMEDOUT)."""
 
 
@@ -45,7 +45,7 @@ class OutOfMemoryError(Error, builtins.MemoryError):
     """ENOMEM: the heap or the machine cannot satisfy the request."""
 
 
-class InterruptedError(Error, builtins.InterruptedError):  # noqa: A001
+class InterruptedError(Error, builtins.InterruptedError):
     """EINTR that we could not retry (the caller's signal handler asked us to stop)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 
 from .backends import Backend, TimelineSource, get_backend
@@ -67,10 +68,8 @@ class Timeline:
 
     def __del__(self) -> None:
         if getattr(self, "_source", None) is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.close()
-            except OSError:
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._source is None else f"kind={self._source.kind}"

@@ -95,6 +95,6 @@ def test_buffer_and_syncfile_reject_each_other() -> None:
     with pydmabuf.Heap("system", backend="fallback") as heap, heap.allocate(4096) as buf:
         with pytest.raises(pydmabuf.InvalidArgumentError):
             pydmabuf.SyncFile.from_fd(buf.fileno(), own=False, backend="fallback")
-        with pydmabuf.Timeline(backend="fallback") as tl, tl.fence(1) as fence:
-            with pytest.raises(pydmabuf.InvalidArgumentError):
-                pydmabuf.Buffer.from_fd(fence.fileno(), own=False, backend="fallback")
+        with pydmabuf.Timeline(backend="fallback") as tl, tl.fence(1) as fence, \
+                pytest.raises(pydmabuf.InvalidArgumentError):
+            pydmabuf.Buffer.from_fd(fence.fileno(), own=False, backend="fallback")

@@ -77,15 +77,13 @@ def test_poll_on_buffer_fd_reflects_imported_fences(heap: pydmabuf.Heap, timelin
 
 
 def test_export_is_a_snapshot(heap: pydmabuf.Heap, timeline: pydmabuf.Timeline) -> None:
-    with heap.allocate(4096) as buf:
-        with buf.export_sync_file() as before:
-            with timeline.fence(1) as fence:
-                buf.import_sync_file(fence, write=True)
-                assert before.signaled  # taken before the fence was added
-                with buf.export_sync_file() as after:
-                    assert not after.signaled
-                    timeline.signal(1)
-                    after.wait(5)
+    with heap.allocate(4096) as buf, buf.export_sync_file() as before, timeline.fence(1) as fence:
+        buf.import_sync_file(fence, write=True)
+        assert before.signaled  # taken before the fence was added
+        with buf.export_sync_file() as after:
+            assert not after.signaled
+            timeline.signal(1)
+            after.wait(5)
 
 
 def test_export_after_signal_is_signaled(heap: pydmabuf.Heap, timeline: pydmabuf.Timeline) -> None:
@@ -115,9 +113,8 @@ def test_import_signaled_fence_is_noop(heap: pydmabuf.Heap, timeline: pydmabuf.T
 
 
 def test_import_rejects_non_syncfile(heap: pydmabuf.Heap) -> None:
-    with heap.allocate(4096) as buf, heap.allocate(4096) as other:
-        with pytest.raises(pydmabuf.InvalidArgumentError):
-            buf.import_sync_file(other)  # type: ignore[arg-type]
+    with heap.allocate(4096) as buf, heap.allocate(4096) as other, pytest.raises(pydmabuf.InvalidArgumentError):
+        buf.import_sync_file(other)  # type: ignore[arg-type]
 
 
 def test_implicit_fences_on_udmabuf(timeline: pydmabuf.Timeline) -> None:

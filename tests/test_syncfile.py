@@ -113,12 +113,11 @@ def test_merge_of_signaled_inputs_is_signaled(timeline: pydmabuf.Timeline) -> No
 
 
 def test_merge_two_timelines(timeline: pydmabuf.Timeline) -> None:
-    with pydmabuf.Timeline() as other:
-        with timeline.fence(1) as a, other.fence(1) as b, a.merge(b) as merged:
-            other.signal(1)
-            assert not merged.signaled
-            timeline.signal(1)
-            merged.wait(5)
+    with pydmabuf.Timeline() as other, timeline.fence(1) as a, other.fence(1) as b, a.merge(b) as merged:
+        other.signal(1)
+        assert not merged.signaled
+        timeline.signal(1)
+        merged.wait(5)
 
 
 def test_merge_rejects_non_syncfile(timeline: pydmabuf.Timeline) -> None:
@@ -143,16 +142,16 @@ def test_info_counts_and_status(timeline: pydmabuf.Timeline) -> None:
 
 @kernel_only
 def test_kernel_info_lists_merged_fences(timeline: pydmabuf.Timeline) -> None:
-    with pydmabuf.Timeline() as other:
-        with timeline.fence(1) as a, other.fence(1) as b, a.merge(b, name="pair") as merged:
-            info = merged.info()
-            assert info.name == "pair"
-            assert len(info.fences) == 2
-            assert [f.status for f in info.fences] == [0, 0]
-            timeline.signal(1)
-            assert sorted(f.status for f in merged.info().fences) == [0, 1]
-            other.signal(1)
-            assert merged.info().status == 1
+    with pydmabuf.Timeline() as other, timeline.fence(1) as a, other.fence(1) as b, \
+            a.merge(b, name="pair") as merged:
+        info = merged.info()
+        assert info.name == "pair"
+        assert len(info.fences) == 2
+        assert [f.status for f in info.fences] == [0, 0]
+        timeline.signal(1)
+        assert sorted(f.status for f in merged.info().fences) == [0, 1]
+        other.signal(1)
+        assert merged.info().status == 1
 
 
 def test_repr_shows_state(timeline: pydmabuf.Timeline) -> None:

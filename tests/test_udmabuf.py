@@ -199,9 +199,8 @@ def test_empty_range_list_rejected() -> None:
 def test_shrinking_pinned_memfd_refused() -> None:
     memfd = sealed(2 * PAGE)
     try:
-        with pydmabuf.udmabuf_from_memfd(memfd):
-            with pytest.raises(PermissionError):
-                os.ftruncate(memfd, PAGE)
+        with pydmabuf.udmabuf_from_memfd(memfd), pytest.raises(PermissionError):
+            os.ftruncate(memfd, PAGE)
     finally:
         os.close(memfd)
 

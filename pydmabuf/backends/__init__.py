@@ -12,7 +12,7 @@ import os
 from ..errors import invalid, unsupported
 from .base import Backend, TimelineSource
 
-__all__ = ["Backend", "TimelineSource", "get_backend", "default_name", "BACKEND_NAMES"]
+__all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "default_name", "get_backend"]
 
 BACKEND_NAMES = ("kernel", "fallback")
 _instances: dict[str, Backend] = {}

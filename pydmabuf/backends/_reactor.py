@@ -9,6 +9,7 @@ signals. It runs only while something is pending.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -85,10 +86,8 @@ class Reactor:
             # Actions run outside our lock (they take the backend's), after the inputs
             # were closed, so a waiter they wake finds no reactor fds left but theirs.
             for action in due:
-                try:
+                with contextlib.suppress(Exception):  # never let one action stop the others
                     action()
-                except Exception:  # never let one action stop the others
-                    pass
             if done:
                 return
 
@@ -103,10 +102,8 @@ class Reactor:
         # The thread did not survive the fork; the parent keeps serving its merges.
         self._lock = threading.Lock()
         for fd in list(self._owner):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._owner.clear()
         if self._epoll is not None:
             self._epoll.close()

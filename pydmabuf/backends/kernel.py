@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno as E
 import os
 import select
-
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
