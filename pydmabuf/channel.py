@@ -65,6 +65,11 @@ class Event:
                 f"released the {self.released} frame(s) it held")
 
 
+def _address(path: str) -> str:
+    # "@name" is the abstract namespace (no file, gone with the socket), as in systemd.
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
 def _deadline(timeout: float | None) -> float | None:
     if timeout is None:
         return None
@@ -91,7 +96,8 @@ class _Peer:
 
 
 class Producer:
-    """Serves frames to consumers that ``Consumer.connect(path)``.
+    """Serves frames to consumers that ``Consumer.connect(path)``; a ``path`` starting
+    with "@" is an abstract socket name (no file to clean up).
 
     Give it ``buffers`` to own, or ``size`` and ``count`` to allocate from ``heap``
     (default: the "system" heap of the default backend). It owns and closes them.
@@ -122,7 +128,7 @@ class Producer:
             self._free.extend(range(len(self._buffers)))
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             self._listener = listener
-            listener.bind(path)
+            listener.bind(_address(path))
             listener.listen(16)
             listener.setblocking(False)
             self._poll.register(listener, select.POLLIN)
@@ -319,7 +325,7 @@ class Producer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            if not self.path.startswith("\0"):
+            if not _address(self.path).startswith("\0"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
         for m in self._maps:
@@ -416,7 +422,7 @@ class Consumer:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(path)
+                sock.connect(_address(path))
                 return cls(sock)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 sock.close()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import __version__
+from . import __version__, demo
 from .cli_ps import ps, ps_args, top, top_args
 
 
@@ -64,6 +64,8 @@ COMMANDS: dict[str, Command] = {
     "info": Command("backend, kernel, heaps, udmabuf and feature probes", _info_args, _info),
     "ps": Command("dma-bufs per process (largest first) and per exporter", ps_args, ps),
     "top": Command("the ps table, refreshed every few seconds until interrupted", top_args, top),
+    "demo": Command("share frames with fences from a producer process to a consumer process",
+                    demo.add_arguments, demo.run),
 }
 
 

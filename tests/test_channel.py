@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -189,3 +191,15 @@ def test_producer_rejects_foreign_buffers(heap: pydmabuf.Heap) -> None:
     with Producer(address(), size=SIZE, count=1) as producer, heap.allocate(SIZE) as other, \
             pytest.raises(pydmabuf.InvalidArgumentError):
         producer.submit(other)
+
+
+def test_demo_command(tmp_path: object) -> None:
+    result = subprocess.run([sys.executable, "-m", "pydmabuf", "demo", "--frames", "12", "--size", "65536",
+                             "--buffers", "3"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"backend {pydmabuf.backend}" in out
+    assert "12 frames" in out and "0 checksum mismatches" in out
+    assert "the producer ended the stream" in out and "throughput:" in out
+    if not TIMELINE_MISSING:
+        assert "(12 fenced)" in out
