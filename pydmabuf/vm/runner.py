@@ -1,0 +1,259 @@
+"""Run one command in a fresh guest and report what it did."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import initramfs, qemu
+from .host import available, find_busybox, find_qemu
+from .kernel import Kernel, ensure_kernel
+
+# Exit statuses for failures of the VM itself, following timeout(1) and
+# "docker run": never 0, and distinct from what most commands return.
+STATUS_TIMEOUT = 124
+STATUS_VM_FAILED = 125
+
+# A normal boot reaches the command in about 6 s under TCG, even on a loaded host.
+BOOT_TIMEOUT = 180.0
+BOOT_ATTEMPTS = 2
+
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MARKER = "PYDMABUF_VM_"
+
+
+class VMError(RuntimeError):
+    """The VM cannot be used here (see :func:`pydmabuf.vm.available`)."""
+
+
+@dataclass(frozen=True)
+class VMResult:
+    returncode: int  # the guest command's status, or 124/125 if the VM failed
+    output: str = field(repr=False)  # everything the guest printed on its console
+    boot_seconds: float | None  # until the guest command started; None if it never did
+    total_seconds: float
+    timed_out: bool = False
+    error: str | None = None  # why the guest did not report a status, if it did not
+    kernel: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.error is None
+
+
+class _Console:
+    """Collects console text, echoes it without our marker lines, spots markers."""
+
+    def __init__(self, nonce: str, stream: TextIO | None, started: float) -> None:
+        self.nonce = nonce
+        self.stream = stream
+        self.started = started
+        self.boot_seconds: float | None = None
+        self.finished = False
+        self._raw: list[str] = []
+        self._line = ""  # the current, unfinished line
+        self._echoed = 0  # how much of it has already been echoed
+        self._cr = False  # a chunk ended in "\r", maybe half of "\r\n"
+
+    @property
+    def booted(self) -> bool:
+        return self.boot_seconds is not None
+
+    def feed(self, text: str) -> None:
+        if self._cr:
+            text = "\r" + text
+        self._cr = text.endswith("\r")
+        if self._cr:
+            text = text[:-1]
+        text = text.replace("\r\n", "\n")  # the serial console's line endings
+        self._raw.append(text)
+        *lines, self._line = (self._line + text).split("\n")
+        out = []
+        for line in lines:
+            if self._is_marker(line):
+                self._on_marker(line)
+                if self._echoed:
+                    out.append("\n")
+            else:
+                out.append(line[self._echoed :] + "\n")
+            self._echoed = 0
+        # Echo a partial line at once (pytest's progress dots), holding back
+        # only what may still grow into one of our marker lines.
+        pending = self._line[self._echoed :]
+        cut = pending.find(_MARKER)
+        if cut < 0:
+            cut = len(pending)
+            for n in range(min(len(_MARKER) - 1, len(pending)), 0, -1):
+                if pending.endswith(_MARKER[:n]):
+                    cut -= n
+                    break
+        out.append(pending[:cut])
+        self._echoed += cut
+        if self.stream is not None and any(out):
+            self.stream.write("".join(out))
+            self.stream.flush()
+
+    def _is_marker(self, line: str) -> bool:
+        return _MARKER in line and self.nonce in line
+
+    def _on_marker(self, line: str) -> None:
+        if _MARKER + "START" in line and self.boot_seconds is None:
+            self.boot_seconds = time.monotonic() - self.started
+        elif _MARKER + "EXIT=" in line or _MARKER + "ERROR" in line:
+            self.finished = True
+
+    @property
+    def text(self) -> str:
+        return "".join(self._raw)
+
+    def output(self) -> str:
+        """The console text with our marker lines removed."""
+        lines = self.text.split("\n")
+        return "\n".join(line for line in lines if not self._is_marker(line))
+
+
+def _under(directory: str, path: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def guest_environment(env: dict[str, str] | None, scratch: str) -> dict[str, str]:
+    """The guest command's whole environment: sane defaults, then ``env``.
+
+    PATH always leads with the directory of this Python, so ``python3`` in the
+    guest is the interpreter (and virtualenv) that started the VM.
+    """
+    python_dir = os.path.dirname(sys.executable)
+    result = {
+        "PATH": f"{python_dir}:{_SYSTEM_PATH}",
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",  # the console is a tty, but no colour codes in logs
+        "PYTHONUNBUFFERED": "1",  # stream output as it happens
+    }
+    result.update(env or {})
+    if python_dir not in result["PATH"].split(":"):
+        result["PATH"] = f"{python_dir}:{result['PATH']}"
+    return result
+
+
+def _outcome(console: _Console, booted: qemu.Boot, timeout: float) -> tuple[int, str | None]:
+    """The guest command's exit status, or ours and an explanation of what went wrong."""
+    text, nonce = console.text, console.nonce
+    status = re.search(rf"{_MARKER}EXIT=(\d+) {nonce}", text)
+    if status is not None:
+        return int(status.group(1)), None
+    guest_error = re.search(rf"{_MARKER}ERROR {nonce} (.*)", text)
+    if guest_error:
+        return STATUS_VM_FAILED, f"guest setup failed: {guest_error.group(1).strip()}"
+    if booted.timed_out:
+        return STATUS_TIMEOUT, f"timed out after {timeout:g} s; QEMU was killed"
+    if booted.boot_timed_out:
+        return (
+            STATUS_VM_FAILED,
+            f"the guest command had not started after {BOOT_TIMEOUT:g} s; QEMU was killed",
+        )
+    return STATUS_VM_FAILED, (
+        f"the guest stopped without reporting a status (QEMU exit {booted.exit_status}); "
+        "kernel panic or crash? See the output."
+    )
+
+
+def run(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float = 1200,
+    kernel: Kernel | None = None,
+    stream: TextIO | None = None,
+    live_dirs: Sequence[str] | None = None,
+) -> VMResult:
+    """Boot a guest, run ``argv`` in it and return once it has powered off.
+
+    The guest sees the host's root read-only, with fresh tmpfs mounts on
+    /tmp, /run and /dev/shm; ``cwd`` defaults to the current directory.
+    ``env`` is added to a minimal default environment (nothing else is
+    inherited from the host).  Console output is copied to ``stream`` as it
+    arrives.  A guest still running after ``timeout`` seconds is killed and
+    reported with ``timed_out`` and status 124.
+
+    ``live_dirs`` (default: ``cwd``) are directories the host may change while
+    the guest runs, such as a checkout being edited: they are shared without
+    caching, so the guest never reads a torn file.  The rest of the host
+    root is cached for speed.
+    """
+    started = time.monotonic()
+    if not argv:
+        raise ValueError("no command given")
+    usable, reason = available()
+    if not usable:
+        raise VMError(reason)
+    qemu_binary = find_qemu()
+    busybox = find_busybox()
+    assert qemu_binary is not None and busybox is not None  # checked by available()
+    kernel = kernel or ensure_kernel()
+    base = initramfs.base_archive(busybox, kernel.modules)
+
+    cwd = os.path.abspath(cwd or os.getcwd())
+    live = [os.path.realpath(d) for d in (live_dirs if live_dirs is not None else [cwd])]
+    live = [d for d in dict.fromkeys(live) if d != "/" and os.path.isdir(d)]
+    shares = tuple((f"live{i}", d) for i, d in enumerate(live))
+    # A virtualenv inside the checkout is big and import-heavy, and nobody
+    # edits it mid-run: keep it on the cached mount.
+    prefix = os.path.realpath(sys.prefix)
+    inside_live = any(_under(d, prefix) and d != prefix for d in live)
+    cached = (prefix,) if inside_live else ()
+    # A tmpfs on /tmp would hide a checkout or interpreter that lives there.
+    needed = [cwd, sys.executable, os.path.realpath(sys.executable), *live]
+    scratch_over_tmp = not any(_under("/tmp", path) for path in needed)
+    scratch = "/tmp" if scratch_over_tmp else "/run/tmp"
+    nonce = secrets.token_hex(12)
+    job = initramfs.Job(list(argv), guest_environment(env, scratch), cwd, nonce, scratch_over_tmp, shares, cached)
+
+    outputs: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="pydmabuf-vm-") as tmp:
+        initrd = Path(tmp) / "initrd.cpio"
+        initrd.write_bytes(base.read_bytes() + initramfs.job_archive(job))
+        cmd = qemu.command_line(
+            qemu_binary,
+            kernel.vmlinuz,
+            initrd,
+            memory=os.environ.get("PYDMABUF_VM_MEMORY", "2G"),
+            cpus=int(os.environ.get("PYDMABUF_VM_CPUS", "2")),
+            shares=shares,
+        )
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            console = _Console(nonce, stream, time.monotonic())
+            remaining = timeout - (time.monotonic() - started)
+            booted = qemu.boot(cmd, console, timeout=remaining, boot_timeout=BOOT_TIMEOUT)
+            outputs.append(console.output())
+            setup_failed = f"{_MARKER}ERROR {nonce}" in console.text
+            if console.booted or setup_failed or booted.timed_out or attempt == BOOT_ATTEMPTS:
+                break
+            # The command never started, so booting again cannot run it twice.
+            # Rare TCG boot crashes have been seen; a second boot gets past them.
+            note = "\npydmabuf.vm: the guest did not get as far as the command; booting again\n"
+            outputs.append(note)
+            if stream is not None:
+                stream.write(note)
+                stream.flush()
+
+    returncode, error = _outcome(console, booted, timeout)
+    return VMResult(
+        returncode=returncode,
+        output="".join(outputs),
+        boot_seconds=console.boot_seconds,
+        total_seconds=time.monotonic() - started,
+        timed_out=error is not None and booted.timed_out,
+        error=error,
+        kernel=kernel.release,
+    )

@@ -1,0 +1,239 @@
+"""The real-kernel tier: this whole suite again, under a real kernel in QEMU.
+
+The host's kernel may have no udmabuf, dma-heaps or DRM, so the kernel backend
+cannot be exercised here.  This one test boots Debian trixie's kernel (which
+has all three, plus vgem for real unsignaled fences) once, runs
+``python -m pytest tests`` inside it with ``PYDMABUF_BACKEND=kernel``, and
+passes only if that run passes.  See :mod:`pydmabuf.vm`.
+
+Environment:
+  CI=true                  a VM that cannot run here fails the test (else: skip)
+  PYDMABUF_VM_MIN_PASSED   guest tests that must pass (default 40)
+  PYDMABUF_VM_TIMEOUT      seconds before the guest is killed (default 900)
+  PYDMABUF_VM_KERNEL/_MODULES  boot this kernel instead of Debian's
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+if os.environ.get("PYDMABUF_IN_VM"):
+    # We are the suite running inside the VM: do not boot another one.
+    pytest.skip("real-kernel tier: already inside its VM", allow_module_level=True)
+
+from pydmabuf import vm
+
+REPO = Path(__file__).resolve().parent.parent
+LOG = Path(tempfile.gettempdir()) / "pydmabuf-vm-last.log"
+INSTALL = "apt-get install --no-install-recommends qemu-system-x86 busybox-static cpio"
+
+# pytest's final line, with or without -q's missing "=" decoration:
+#   "==== 52 passed, 3 skipped in 80.12s (0:01:20) ====" or "52 passed in 8.01s"
+_SUMMARY = re.compile(r"^=*\s*((?:\d+ [a-z]+)(?:, \d+ [a-z]+)*|no tests ran) in ([\d.]+)s\b.*$", re.M)
+_COUNT = re.compile(r"(\d+) ([a-z]+)")
+_PLURAL = {"error": "errors", "warning": "warnings"}
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if _in_ci():
+        pytest.fail(f"real-kernel tier cannot run, and CI requires it: {reason}", pytrace=False)
+    pytest.skip(
+        f"real-kernel tier (QEMU) not available: {reason}. To enable it: {INSTALL}; "
+        "the Debian kernel is downloaded on first use (or set PYDMABUF_VM_KERNEL)"
+    )
+
+
+def parse_summary(output: str) -> tuple[dict[str, int], float] | None:
+    """Outcome counts and duration from the last pytest summary line in ``output``."""
+    matches = list(_SUMMARY.finditer(output))
+    if not matches:
+        return None
+    last = matches[-1]
+    counts: dict[str, int] = {}
+    for number, word in _COUNT.findall(last.group(1)):
+        counts[_PLURAL.get(word, word)] = int(number)
+    return counts, float(last.group(2))
+
+
+def summary_lines(output: str, kind: str) -> list[str]:
+    """The guest's "short test summary info" lines of one kind (SKIPPED, FAILED, ERROR)."""
+    return [line.strip() for line in output.splitlines() if line.startswith(kind + " ")]
+
+
+def _describe(counts: dict[str, int], seconds: float, result: vm.VMResult) -> str:
+    parts = [f"{counts.get(k, 0)} {k}" for k in ("passed", "failed", "skipped")]
+    for key, n in counts.items():
+        if key not in ("passed", "failed", "skipped") and n:
+            parts.append(f"{n} {key[:-1] if n == 1 and key.endswith('s') else key}")
+    boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "n/a"
+    return f"{', '.join(parts)} in {seconds:.0f}s (boot {boot}, total {result.total_seconds:.0f}s)"
+
+
+class _TerminalReport:
+    """Shows the guest's results in the host's terminal summary, even without -s."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.ensure_newline()
+        terminalreporter.section("real-kernel tier")
+        for line in self.lines:
+            terminalreporter.write_line(line)
+
+
+def _show(config: pytest.Config, lines: list[str]) -> None:
+    name = "pydmabuf-real-kernel-report"
+    if not config.pluginmanager.has_plugin(name):
+        config.pluginmanager.register(_TerminalReport(lines), name)
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@pytest.mark.real_kernel
+def test_suite_under_real_kernel(request: pytest.FixtureRequest) -> None:
+    usable, reason = vm.available()
+    if not usable:
+        _unavailable(reason)
+    try:
+        kernel = vm.ensure_kernel()
+    except (vm.KernelError, OSError) as exc:
+        _unavailable(f"no guest kernel: {exc}")
+
+    # -rfEs: the guest's summary names its failures and errors as well as its
+    # skips; --durations: the log says where the emulated minutes went.
+    argv = [sys.executable, "-m", "pytest", str(REPO / "tests"), "-p", "no:cacheprovider", "-q", "-rfEs"]
+    argv += ["--durations=15"]
+    # The checkout is read-only in the guest: no bytecode, no cache; TMPDIR
+    # and HOME default to the guest's tmpfs.
+    env = {"PYDMABUF_BACKEND": "kernel", "PYDMABUF_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    timeout = float(os.environ.get("PYDMABUF_VM_TIMEOUT", "900"))
+    with LOG.open("w") as log:
+        log.write(f"# pydmabuf real-kernel tier, kernel {kernel}\n# {' '.join(argv)}\n")
+        log.flush()
+        result = vm.run(argv, env=env, cwd=str(REPO), timeout=timeout, kernel=kernel, stream=log)
+        log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
+
+    where = f"full guest output: {LOG}"
+    parsed = parse_summary(result.output)
+    if parsed is None:
+        _show(request.config, [f"real-kernel tier: no pytest summary from the guest ({where})"])
+    else:
+        counts, seconds = parsed
+        _show(
+            request.config,
+            [
+                f"real-kernel tier: {_describe(counts, seconds, result)}",
+                *summary_lines(result.output, "SKIPPED"),
+                where,
+            ],
+        )
+
+    failures = summary_lines(result.output, "FAILED") + summary_lines(result.output, "ERROR")
+    if failures:
+        details = "guest failures:\n" + "\n".join(failures[:40])
+    else:
+        details = f"--- last lines of the guest output ---\n{_tail(result.output)}"
+    context = f"{where}\n{details}"
+    # Plain locals keep pytest's assertion introspection short.
+    error, returncode = result.error, result.returncode
+    assert error is None, f"the VM failed: {error}\n{context}"
+    assert parsed is not None, f"no pytest summary line in the guest output\n{context}"
+    counts, _ = parsed
+    failed, errors = counts.get("failed", 0), counts.get("errors", 0)
+    assert returncode == 0, f"guest pytest exited {returncode}: {failed} failed, {errors} errors\n{context}"
+    minimum = int(os.environ.get("PYDMABUF_VM_MIN_PASSED", "40"))
+    passed = counts.get("passed", 0)
+    assert passed >= minimum, (
+        f"only {passed} tests passed in the guest, expected at least {minimum} (PYDMABUF_VM_MIN_PASSED)\n{context}"
+    )
+
+
+# The runner's pure parts, checked on the host without booting anything.
+
+
+def test_parse_summary() -> None:
+    out = "....\nSKIPPED [1] t.py:3: why\n== 3 passed, 1 failed, 2 errors, 1 skipped in 8.50s (0:00:08) ==\n"
+    assert parse_summary(out) == ({"passed": 3, "failed": 1, "errors": 2, "skipped": 1}, 8.5)
+    assert parse_summary("12 passed, 1 error in 3.01s\n") == ({"passed": 12, "errors": 1}, 3.01)
+    assert parse_summary("no tests ran in 0.01s") == ({}, 0.01)
+    assert parse_summary("Kernel panic - not syncing") is None
+    assert summary_lines(out, "SKIPPED") == ["SKIPPED [1] t.py:3: why"]
+
+
+def test_console_markers_are_hidden_and_parsed() -> None:
+    import io
+
+    from pydmabuf.vm.runner import _Console
+
+    echo = io.StringIO()
+    console = _Console("n0nce", echo, started=0.0)
+    console.feed("boot\r\n\x1b[2JPYDMABUF_VM_START n0nce\r")
+    console.feed("\nhello\r\n...PYDMABUF_VM_EXIT=0 forged\r\npartial")
+    assert console.booted and not console.finished
+    assert echo.getvalue().endswith("partial")  # partial lines are echoed at once
+    console.feed("\r\nPYDMABUF_VM_EX")
+    assert not echo.getvalue().endswith("PYDMABUF_VM_EX")  # held: may be a marker
+    assert not console.finished
+    console.feed("IT=3 n0nce\r\n")
+    assert console.finished
+    assert "n0nce" not in console.output() and "n0nce" not in echo.getvalue()
+    assert "forged" in console.output() and "\r" not in console.output()
+
+
+def test_job_script_quotes_everything(tmp_path: Path) -> None:
+    import subprocess
+
+    from pydmabuf.vm.initramfs import Job
+
+    argv = ["printf", "%s|", "a b", "$HOME", "it's", "*", "\n"]
+    job = Job(argv, {"X": "y'z $Q"}, str(tmp_path), "n")
+    script = job.script()
+    # Run the generated command with the busybox chroot left out.
+    script = script.replace("/bin/busybox chroot /host ", "").replace("/bin/busybox env", "env")
+    done = subprocess.run(["sh", "-c", script + "job"], capture_output=True, text=True, check=True)
+    assert done.stdout == "a b|$HOME|it's|*|\n|"
+    with pytest.raises(ValueError):
+        Job(["a\0b"], {}, "/", "n").script()
+
+
+def test_cpio_archive_is_readable(tmp_path: Path) -> None:
+    import io
+    import shutil
+    import subprocess
+
+    from pydmabuf.vm.cpio import CpioWriter
+
+    if not shutil.which("cpio"):
+        pytest.skip("cpio(1) not installed")
+    buf = io.BytesIO()
+    cpio = CpioWriter(buf)
+    cpio.directory("d")
+    cpio.file("d/f", b"hello", 0o755)
+    cpio.symlink("d/l", "f")
+    cpio.close()
+    assert len(buf.getvalue()) % 512 == 0
+    listing = subprocess.run(["cpio", "-it"], input=buf.getvalue(), capture_output=True, check=True)
+    assert listing.stdout.decode().split() == ["d", "d/f", "d/l"]
+
+
+def test_module_load_order() -> None:
+    from pydmabuf.vm import modules
+
+    deps = {"vgem": b"\0depends=drm,drm_shmem_helper\0", "drm": b"", "drm_shmem_helper": b"\0depends=drm\0"}
+    order, found, missing = modules.load_order(["9p", "vgem"], deps.get, builtin={"9p"})
+    assert order == ["drm", "drm_shmem_helper", "vgem"]
+    assert missing == [] and set(found) == set(deps)
