@@ -41,8 +41,10 @@ __all__ = ["Consumer", "Event", "Frame", "Producer"]
 log = logging.getLogger("pydmabuf.channel")
 _SEQ = struct.Struct("<Q")
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
-_SEND = socket.MSG_NOSIGNAL
+_SEND = int(socket.MSG_NOSIGNAL)
+_RELEASE = struct.Struct("<cQ")
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
+_SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class Producer:
         self._poll = select.poll()
         self.events: collections.deque[Event] = collections.deque(maxlen=1024)
         self._event_count = 0
+        self._next_service = 0.0
         self.path = path
         try:
             self._buffers = list(buffers) if buffers is not None else self._allocate(size, count, heap)
@@ -195,6 +198,7 @@ class Producer:
     def _service(self, timeout_ms: int | None) -> None:
         if self._listener is None:
             raise closed("Producer")
+        self._next_service = time.monotonic() + _SERVICE_INTERVAL
         ready = self._poll.poll(timeout_ms)
         for fd, revents in ready:
             if fd == self._listener.fileno():
@@ -223,29 +227,26 @@ class Producer:
             self._event(Event("connected", peer.id, peer.pid))
 
     def _read(self, peer: _Peer) -> None:
-        sock = peer.sock
-        while True:
-            try:
-                msg = sock.recv(64, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except ConnectionResetError:
-                # The peer closed with frames unread: the kernel reports that once,
-                # ahead of what it queued before closing (maybe a goodbye). Read on.
-                continue
-            except OSError:
-                msg = b""
-            if not msg:
-                self._drop(peer, clean=False)
-                return
-            if msg[:1] == b"R" and len(msg) == 1 + _SEQ.size:
-                seq = _SEQ.unpack_from(msg, 1)[0]
-                if seq in peer.held:
-                    peer.held.discard(seq)
-                    self._unhold(seq)
-            elif msg == b"B":
-                self._drop(peer, clean=True)
-                return
+        # One message per readiness report: poll() again is cheaper than the
+        # BlockingIOError a non-blocking read-until-empty ends with.
+        try:
+            msg = peer.sock.recv(64)
+        except ConnectionResetError:
+            # The peer closed with frames unread: the kernel reports that once, ahead
+            # of what it queued before closing (maybe a goodbye); the next poll reads on.
+            return
+        except OSError:
+            msg = b""
+        if len(msg) == 1 + _SEQ.size and msg[0] == 0x52:  # b"R": a release
+            seq = _SEQ.unpack_from(msg, 1)[0]
+            held = peer.held
+            if seq in held:
+                held.discard(seq)
+                self._unhold(seq)
+        elif msg == b"B":
+            self._drop(peer, clean=True)
+        elif not msg:
+            self._drop(peer, clean=False)
 
     def _unhold(self, seq: int) -> None:
         entry = self._frames[seq]
@@ -281,6 +282,10 @@ class Producer:
     def acquire(self, timeout: float | None = None) -> Buffer:
         """A buffer no consumer holds, to fill and ``submit``. Waits for releases
         (TimeoutError after ``timeout`` seconds)."""
+        if self._free and time.monotonic() < self._next_service:
+            # A buffer is free and connections were serviced moments ago: releases
+            # and newcomers can wait, as in a hand-written loop.
+            return self._buffers[self._free.popleft()]
         deadline = _deadline(timeout)
         self._service(0)
         while not self._free:
@@ -485,7 +490,7 @@ class Consumer:
         if sock is None or self.end_reason is not None:
             return
         try:  # noqa: SIM105 - per-frame path; suppress() costs a context manager
-            sock.send(b"R" + _SEQ.pack(seq), _SEND)
+            sock.send(_RELEASE.pack(b"R", seq), _SEND)
         except _GONE:
             pass  # the producer is gone; receive() reports it
 

@@ -39,14 +39,16 @@ _BACKENDS = ("kernel", "fallback")  # wire codes are indexes
 _BACKEND_CODE = {name: code for code, name in enumerate(_BACKENDS)}
 _MAX_MSG = _PREFIX.size + MAX_OBJECTS * (_OBJ.size + 31) + MAX_DATA
 _ANC = socket.CMSG_SPACE(MAX_OBJECTS * 4)
-_CLOEXEC = socket.MSG_CMSG_CLOEXEC
-_SEND_FLAGS = socket.MSG_NOSIGNAL
-_STREAM = socket.SOCK_STREAM
-_SOL, _RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
-_CTRUNC = socket.MSG_CTRUNC
+# Plain ints: the socket module's constants are enums, whose operators are slow.
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SEND_FLAGS = int(socket.MSG_NOSIGNAL)
+_STREAM = int(socket.SOCK_STREAM)
+_SOL, _RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+_CTRUNC = int(socket.MSG_CTRUNC)
 _sock_type = _socket.socket.type.__get__  # the raw int; socket.socket.type builds an enum
 _ONE = struct.Struct("<2sBBHHBBBxQQ")  # the whole of a one-object message
 _pack_one = _ONE.pack
+_unpack_one = _ONE.unpack_from
 _pack_prefix = _PREFIX.pack
 _pack_obj = _OBJ.pack
 _unpack_obj = _OBJ.unpack_from
@@ -85,15 +87,17 @@ def send(sock: socket.socket, *objects: Buffer | SyncFile, data: bytes = b"") ->
     """Send ``objects`` (and an opaque ``data`` payload of up to MAX_DATA bytes) as
     one message. The objects stay yours; the receiver gets new fds for the same
     files. Blocks like ``sock.sendmsg`` does."""
-    if len(objects) == 1 and not data:
+    if len(objects) == 1 and len(data) <= MAX_DATA:
         obj = objects[0]
         if type(obj) is Buffer and obj._fd >= 0 and not getattr(obj._backend, "_names", None):
             fd = obj._fd
-            backend = obj._backend
-            msg = _pack_one(_MAGIC, VERSION, 1, 0, _ONE.size, _KIND_BUFFER, _BACKEND_CODE[backend.name],
-                            0, obj._size, obj._offset)
+            total = _ONE.size + len(data)
+            msg = _pack_one(_MAGIC, VERSION, 1, len(data), total, _KIND_BUFFER,
+                            _BACKEND_CODE[obj._backend.name], 0, obj._size, obj._offset)
+            if data:
+                msg += data
             sent = sock.sendmsg((msg,), [(_SOL, _RIGHTS, array.array("i", (fd,)))], _SEND_FLAGS)
-            if sent != _ONE.size:
+            if sent != total:
                 sock.sendall(msg[sent:], _SEND_FLAGS)
             return
     if len(objects) > MAX_OBJECTS:
@@ -148,14 +152,16 @@ def recv_data(sock: socket.socket, *, verify: bool = False) -> tuple[list[Buffer
             raise _protocol("control data truncated (MSG_CTRUNC): fds were lost in transit")
         if stream:
             msg = _read_rest(sock, msg)
-        if len(msg) == _ONE.size and len(fds) == 1 and not verify:
+        if len(fds) == 1 and len(msg) >= _ONE.size and not verify:
             # The commonest message, one unnamed object, in one unpack.
-            magic, version, count, _dlen, total, kind, code, _nlen, size, offset = _ONE.unpack(msg)
-            if magic == _MAGIC and version == VERSION and count == 1 and total == _ONE.size and code < 2:
+            magic, version, count, dlen, total, kind, code, nlen, size, offset = _unpack_one(msg)
+            if magic == _MAGIC and version == VERSION and count == 1 and total == len(msg) \
+                    and nlen == 0 and total == _ONE.size + dlen and code < 2:
+                data = msg[_ONE.size:] if dlen else b""
                 if kind == _KIND_BUFFER:
-                    return [Buffer(fds[0], size, _backend(code), offset)], b""
+                    return [Buffer(fds[0], size, _backend(code), offset)], data
                 if kind == _KIND_SYNC_FILE:
-                    return [SyncFile(fds[0], _backend(code))], b""
+                    return [SyncFile(fds[0], _backend(code))], data
         return _parse(msg, fds, verify)
     except BaseException:
         for fd in fds:
