@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -51,9 +52,24 @@ def build_c(tmp: str) -> str | None:
     return exe
 
 
-def run_c(exe: str, *args: object) -> float:
+Result = tuple[float, float]  # (us per round trip or frames/s, CPU us per item of both processes)
+
+
+def run_c(exe: str, *args: object) -> Result:
     out = subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True)
-    return float(out.stdout)
+    value, cpu = out.stdout.split()
+    return float(value), float(cpu)
+
+
+def cpu_self() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_child(pid: int) -> float:
+    """Wait for the child; its CPU seconds."""
+    ru = os.wait4(pid, 0)[2]
+    return ru.ru_utime + ru.ru_stime
 
 
 def forked(child: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
@@ -85,14 +101,13 @@ def rtt_send_fds(buf: pydmabuf.Buffer, n: int) -> float:
     pid, s = forked(echo)
     fd = buf.fileno()
     payload = bytes(36)  # pydmabuf's one-buffer message is 36 bytes too
-    t0 = time.perf_counter()
+    c0, t0 = cpu_self(), time.perf_counter()
     for _ in range(n):
         socket.send_fds(s, [payload], [fd])
         os.close(socket.recv_fds(s, 64, 1)[1][0])
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_self() - c0
     s.close()
-    os.waitpid(pid, 0)
-    return dt / n * 1e6
+    return dt / n * 1e6, (cpu + cpu_child(pid)) / n * 1e6
 
 
 def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> float:
@@ -107,14 +122,13 @@ def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> float:
 
     pid, s = forked(echo)
     send, recv = pydmabuf.send, pydmabuf.recv
-    t0 = time.perf_counter()
+    c0, t0 = cpu_self(), time.perf_counter()
     for _ in range(n):
         send(s, buf)
         recv(s)[0].close()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_self() - c0
     s.close()
-    os.waitpid(pid, 0)
-    return dt / n * 1e6
+    return dt / n * 1e6, (cpu + cpu_child(pid)) / n * 1e6
 
 
 # --- channel ----------------------------------------------------------------------
@@ -133,7 +147,7 @@ def channel_send_fds(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
     pid, s = forked(consumer)
     fds = [b.fileno() for b in pool]
     free = list(range(len(fds)))
-    t0 = time.perf_counter()
+    c0, t0 = cpu_self(), time.perf_counter()
     for seq in range(n):
         while not free:
             free.append(SEQ.unpack(s.recv(8))[0] % POOL)
@@ -141,10 +155,9 @@ def channel_send_fds(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
         socket.send_fds(s, [SEQ.pack(seq * POOL + slot)], [fds[slot]])
     for _ in range(POOL - len(free)):
         s.recv(8)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_self() - c0
     s.close()
-    os.waitpid(pid, 0)
-    return n / dt
+    return n / dt, (cpu + cpu_child(pid)) / n * 1e6
 
 
 def channel_pydmabuf(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
@@ -164,51 +177,76 @@ def channel_pydmabuf(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
             finally:
                 os._exit(code)
         producer.wait_for_consumers(1, timeout=30)
-        t0 = time.perf_counter()
+        c0, t0 = cpu_self(), time.perf_counter()
         for _ in range(n):
             producer.submit(producer.acquire(timeout=30))
         while producer.free < len(dups):
             producer.poll(1.0)
-        dt = time.perf_counter() - t0
-    os.waitpid(pid, 0)
-    return n / dt
+        dt, cpu = time.perf_counter() - t0, cpu_self() - c0
+    return n / dt, (cpu + cpu_child(pid)) / n * 1e6
+
+
+def interleaved(runs: dict[str, Callable[[], Result]], repeat: int, better: Callable[..., float]
+                ) -> dict[str, Result]:
+    """Best value and least CPU of each, the variants taking turns so that a burst of
+    load on a shared machine does not land on one of them only."""
+    got: dict[str, list[Result]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            got[name].append(run())
+    return {name: (better(v for v, _ in rs), min(c for _, c in rs)) for name, rs in got.items()}
+
+
+def report(results: dict[str, Result], unit: str, lower_is_better: bool) -> None:
+    c_value, _c_cpu = results["C"]
+    plain_value, plain_cpu = results["send_fds"]
+    for name, (value, cpu) in results.items():
+        line = f"    {name:9} {value:10.2f} {unit:9} CPU {cpu:6.2f} us"
+        if name != "C":
+            ratio = value / c_value if lower_is_better else c_value / value
+            line += f"   {ratio:4.2f} x C"
+        if name == "pydmabuf":
+            ratio = value / plain_value if lower_is_better else plain_value / value
+            line += f", {ratio:4.2f} x send_fds (CPU {cpu / plain_cpu:4.2f} x)"
+        print(line)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--rtt", type=int, default=20000, help="round trips per run")
     p.add_argument("--frames", type=int, default=20000, help="4 KiB frames per run (8 MiB: a tenth)")
     p.add_argument("--repeat", type=int, default=5, help="runs of each; the best counts")
     args = p.parse_args()
-    best = lambda f, key=min: key(f() for _ in range(args.repeat))  # noqa: E731
+    nan = (float("nan"), float("nan"))
 
     with tempfile.TemporaryDirectory() as tmp, pydmabuf.Heap("system") as heap:
         exe = build_c(tmp)
         print(f"backend {pydmabuf.backend}, {os.uname().release}, Python {sys.version.split()[0]}, "
-              f"best of {args.repeat}")
+              f"{os.cpu_count()} CPUs, best of {args.repeat}; CPU = both processes' CPU time per item")
         with heap.allocate(4096) as buf:
-            c = best(lambda: run_c(exe, "rtt", args.rtt)) if exe else float("nan")
-            plain = best(lambda: rtt_send_fds(buf, args.rtt))
-            ours = best(lambda: rtt_pydmabuf(buf, args.rtt))
-        print(f"\nfd round trip (us, lower is better), {args.rtt} per run")
-        print(f"  C         {c:8.2f}")
-        print(f"  send_fds  {plain:8.2f}   {plain / c:5.2f} x C")
-        print(f"  pydmabuf  {ours:8.2f}   {ours / c:5.2f} x C   {ours / plain:5.2f} x send_fds")
+            results = interleaved({
+                "C": (lambda: run_c(exe, "rtt", args.rtt)) if exe else lambda: nan,
+                "send_fds": lambda: rtt_send_fds(buf, args.rtt),
+                "pydmabuf": lambda: rtt_pydmabuf(buf, args.rtt),
+            }, args.repeat, min)
+        print(f"\nfd round trip ({args.rtt} per run; lower is better)")
+        report(results, "us", True)
 
-        print("\nchannel (frames/s, higher is better; consumer maps, reads 2 bytes, unmaps, releases)")
+        print("\nchannel (consumer maps read-only, reads 2 bytes, unmaps, releases; higher is better)")
         for size, n in ((4096, args.frames), (8 << 20, max(args.frames // 10, 100))):
             pool = [heap.allocate(size) for _ in range(POOL)]
             try:
-                c = best(lambda: run_c(exe, "channel", n, size), max) if exe else float("nan")  # noqa: B023
-                plain = best(lambda: channel_send_fds(pool, size, n), max)  # noqa: B023
-                ours = best(lambda: channel_pydmabuf(pool, size, n), max)  # noqa: B023
+                results = interleaved({
+                    "C": (lambda: run_c(exe, "channel", n, size)) if exe else lambda: nan,  # noqa: B023
+                    "send_fds": lambda: channel_send_fds(pool, size, n),  # noqa: B023
+                    "pydmabuf": lambda: channel_pydmabuf(pool, size, n),  # noqa: B023
+                }, args.repeat, max)
             finally:
                 for b in pool:
                     b.close()
-            label = f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
-            print(f"  {label:7} C {c:9.0f}   send_fds {plain:9.0f} ({c / plain:4.2f} x slower than C)"
-                  f"   pydmabuf {ours:9.0f} ({c / ours:4.2f} x slower than C, "
-                  f"{plain / ours:4.2f} x slower than send_fds)")
+            print(f"  {size >> 10} KiB frames, {n} per run" if size < 1 << 20
+                  else f"  {size >> 20} MiB frames, {n} per run")
+            report(results, "frames/s", False)
     return 0
 
 

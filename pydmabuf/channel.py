@@ -199,9 +199,9 @@ class Producer:
         if self._listener is None:
             raise closed("Producer")
         self._next_service = time.monotonic() + _SERVICE_INTERVAL
-        ready = self._poll.poll(timeout_ms)
-        for fd, revents in ready:
-            if fd == self._listener.fileno():
+        listener = self._listener.fileno()
+        for fd, revents in self._poll.poll(timeout_ms):
+            if fd == listener:
                 self._accept()
                 continue
             peer = self._peers.get(fd)
@@ -282,17 +282,21 @@ class Producer:
     def acquire(self, timeout: float | None = None) -> Buffer:
         """A buffer no consumer holds, to fill and ``submit``. Waits for releases
         (TimeoutError after ``timeout`` seconds)."""
-        if self._free and time.monotonic() < self._next_service:
-            # A buffer is free and connections were serviced moments ago: releases
-            # and newcomers can wait, as in a hand-written loop.
-            return self._buffers[self._free.popleft()]
+        free = self._free
+        if free:
+            if time.monotonic() < self._next_service:
+                # Connections were serviced moments ago: releases and newcomers can
+                # wait, as in a hand-written loop.
+                return self._buffers[free.popleft()]
+            self._service(0)
+            if free:
+                return self._buffers[free.popleft()]
         deadline = _deadline(timeout)
-        self._service(0)
-        while not self._free:
+        while not free:
             if deadline is not None and time.monotonic() >= deadline:
                 raise timed_out(f"acquire: all {len(self._buffers)} buffers are held by consumers")
             self._service(_remaining_ms(deadline))
-        return self._buffers[self._free.popleft()]
+        return self._buffers[free.popleft()]
 
     def submit(self, buffer: Buffer, fence: SyncFile | None = None, *, meta: bytes = b"") -> int:
         """Send an acquired buffer to every connected consumer; ``fence`` (kept by you)
@@ -304,7 +308,7 @@ class Producer:
         data = b"F" + _SEQ.pack(seq) + meta
         objects: tuple[Buffer | SyncFile, ...] = (buffer,) if fence is None else (buffer, fence)
         sent = 0
-        for peer in list(self._peers.values()):
+        for peer in tuple(self._peers.values()):  # a copy: a failed send drops the peer
             try:
                 share.send(peer.sock, *objects, data=data)
             except _GONE:
@@ -404,8 +408,9 @@ class Frame:
         self.release()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.release()
+        if self._consumer is not None:  # dropped without release(): release it now
+            with contextlib.suppress(Exception):
+                self.release()
 
     def __repr__(self) -> str:
         state = "released" if self._consumer is None else f"size={self.buffer.size}"

@@ -47,6 +47,7 @@ _SOL, _RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 _CTRUNC = int(socket.MSG_CTRUNC)
 _sock_type = _socket.socket.type.__get__  # the raw int; socket.socket.type builds an enum
 _ONE = struct.Struct("<2sBBHHBBBxQQ")  # the whole of a one-object message
+_ONE_SIZE = _ONE.size
 _pack_one = _ONE.pack
 _unpack_one = _ONE.unpack_from
 _pack_prefix = _PREFIX.pack
@@ -152,12 +153,13 @@ def recv_data(sock: socket.socket, *, verify: bool = False) -> tuple[list[Buffer
             raise _protocol("control data truncated (MSG_CTRUNC): fds were lost in transit")
         if stream:
             msg = _read_rest(sock, msg)
-        if len(fds) == 1 and len(msg) >= _ONE.size and not verify:
+        length = len(msg)
+        if length >= _ONE_SIZE and len(fds) == 1 and not verify:
             # The commonest message, one unnamed object, in one unpack.
             magic, version, count, dlen, total, kind, code, nlen, size, offset = _unpack_one(msg)
-            if magic == _MAGIC and version == VERSION and count == 1 and total == len(msg) \
-                    and nlen == 0 and total == _ONE.size + dlen and code < 2:
-                data = msg[_ONE.size:] if dlen else b""
+            if total == length == _ONE_SIZE + dlen and magic == _MAGIC and version == VERSION \
+                    and count == 1 and nlen == 0 and code < 2:
+                data = msg[_ONE_SIZE:] if dlen else b""
                 if kind == _KIND_BUFFER:
                     return [Buffer(fds[0], size, _backend(code), offset)], data
                 if kind == _KIND_SYNC_FILE:
