@@ -42,7 +42,7 @@ log = logging.getLogger("pydmabuf.channel")
 _SEQ = struct.Struct("<Q")
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 _SEND = int(socket.MSG_NOSIGNAL)
-_RELEASE = struct.Struct("<cQ")
+_RELEASE = _FRAME = struct.Struct("<cQ")  # b"R" or b"F", then the frame's seq
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
 _SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
 
@@ -302,15 +302,21 @@ class Producer:
         """Send an acquired buffer to every connected consumer; ``fence`` (kept by you)
         signals when its contents are ready. Returns how many consumers got it; with
         none, the buffer goes straight back to the pool."""
-        i = self._slot(buffer)
-        self._seq += 1
-        seq = self._seq
-        data = b"F" + _SEQ.pack(seq) + meta
-        objects: tuple[Buffer | SyncFile, ...] = (buffer,) if fence is None else (buffer, fence)
+        i = self._index.get(id(buffer))
+        if i is None:
+            i = self._slot(buffer)  # raises
+        self._seq = seq = self._seq + 1
+        data = _FRAME.pack(b"F", seq)
+        if meta:
+            data += meta
+        send = share.send
         sent = 0
         for peer in tuple(self._peers.values()):  # a copy: a failed send drops the peer
             try:
-                share.send(peer.sock, *objects, data=data)
+                if fence is None:
+                    send(peer.sock, buffer, data=data)
+                else:
+                    send(peer.sock, buffer, fence, data=data)
             except _GONE:
                 self._drop(peer, clean=False)
                 continue
@@ -477,18 +483,17 @@ class Consumer:
             self.end_reason = "the producer went away without ending the stream (crashed or killed)"
             log.warning("consumer: %s", self.end_reason)
             return None
+        n = len(objects)
+        if data[:1] == b"F" and len(data) >= _FRAME.size and 1 <= n <= 2 and type(objects[0]) is Buffer \
+                and (n == 1 or type(objects[1]) is SyncFile):
+            return Frame(self, _FRAME.unpack_from(data)[1], objects[0],
+                         objects[1] if n == 2 else None, data[_FRAME.size:])  # type: ignore[arg-type]
         if data == b"E" and not objects:
             self.end_reason = "the producer ended the stream"
             return None
-        if data[:1] != b"F" or len(data) < 1 + _SEQ.size or not 1 <= len(objects) <= 2 \
-                or not isinstance(objects[0], Buffer) \
-                or not (len(objects) == 1 or isinstance(objects[1], SyncFile)):
-            for obj in objects:
-                obj.close()
-            raise share.ProtocolError(E.EPROTO, "not a channel frame")
-        fence = objects[1] if len(objects) == 2 else None
-        return Frame(self, _SEQ.unpack_from(data, 1)[0], objects[0], fence,  # type: ignore[arg-type]
-                     data[1 + _SEQ.size:])
+        for obj in objects:
+            obj.close()
+        raise share.ProtocolError(E.EPROTO, "not a channel frame")
 
     def _release(self, seq: int) -> None:
         sock = self._sock
