@@ -20,6 +20,7 @@ import errno as E
 import os
 import socket
 import struct
+import sys
 
 from .backends import Backend, get_backend
 from .buffer import Buffer
@@ -48,6 +49,9 @@ _CTRUNC = int(socket.MSG_CTRUNC)
 _sock_type = _socket.socket.type.__get__  # the raw int; socket.socket.type builds an enum
 _ONE = struct.Struct("<2sBBHHBBBxQQ")  # the whole of a one-object message
 _ONE_SIZE = _ONE.size
+_pack_fd = struct.Struct("i").pack
+_int_from_bytes = int.from_bytes
+_ORDER = sys.byteorder
 _pack_one = _ONE.pack
 _unpack_one = _ONE.unpack_from
 _pack_prefix = _PREFIX.pack
@@ -97,7 +101,7 @@ def send(sock: socket.socket, *objects: Buffer | SyncFile, data: bytes = b"") ->
                             _BACKEND_CODE[obj._backend.name], 0, obj._size, obj._offset)
             if data:
                 msg += data
-            sent = sock.sendmsg((msg,), [(_SOL, _RIGHTS, array.array("i", (fd,)))], _SEND_FLAGS)
+            sent = sock.sendmsg((msg,), [(_SOL, _RIGHTS, _pack_fd(fd))], _SEND_FLAGS)
             if sent != total:
                 sock.sendall(msg[sent:], _SEND_FLAGS)
             return
@@ -145,7 +149,12 @@ def recv_data(sock: socket.socket, *, verify: bool = False) -> tuple[list[Buffer
     """Like :func:`recv`, and also the ``data`` payload."""
     stream = _sock_type(sock) == _STREAM
     msg, anc, flags, _addr = sock.recvmsg(_PREFIX.size if stream else _MAX_MSG, _ANC, _CLOEXEC)
-    fds = _fds(anc) if anc else []
+    if not anc:
+        fds = []
+    elif len(anc) == 1 and len(anc[0][2]) == 4 and anc[0][1] == _RIGHTS and anc[0][0] == _SOL:
+        fds = [_int_from_bytes(anc[0][2], _ORDER)]  # one fd: the commonest case
+    else:
+        fds = _fds(anc)
     try:
         if not msg:
             raise EOFError("the peer closed the connection")
