@@ -36,16 +36,27 @@ async def ticker(stop: asyncio.Event) -> int:
 
 def test_wait_async_under_asyncio_run(timeline: pydmabuf.Timeline) -> None:
     async def main() -> int:
+        # Only another task on this loop signals the fence, after it has run five
+        # times: a wait that blocked the loop would never be woken (TimeoutError).
         stop = asyncio.Event()
-        tick_task = asyncio.create_task(ticker(stop))
+
+        async def tick_then_signal() -> int:
+            ticks = 0
+            while not stop.is_set():
+                ticks += 1
+                if ticks == 5:
+                    timeline.signal(1)
+                await asyncio.sleep(0.005)
+            return ticks
+
         with timeline.fence(1) as fence:
-            asyncio.get_running_loop().call_later(0.2, timeline.signal, 1)
+            tick_task = asyncio.create_task(tick_then_signal())
             await fence.wait_async(timeout=5)
             assert fence.signaled
         stop.set()
         return await tick_task
 
-    assert asyncio.run(main()) >= 5  # the loop kept running other tasks meanwhile
+    assert asyncio.run(main()) >= 5
 
 
 def test_wait_async_on_a_default_loop(timeline: pydmabuf.Timeline) -> None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BACKEND
 
 import pydmabuf
 from pydmabuf import errors
@@ -67,13 +66,21 @@ def test_backend_env_invalid_is_clear() -> None:
     assert "PYDMABUF_BACKEND" in out.stderr and "auto, kernel or fallback" in out.stderr
 
 
-@pytest.mark.skipif(BACKEND == "kernel", reason="this machine has dma-buf devices")
+# Selection logic only: where the machine has devices, pretend it has none.
+_NO_DEVICES = (
+    "import pydmabuf.backends.kernel as k; k.HEAP_DIR = '/nonexistent/dma_heap'; "
+    "k.UDMABUF_DEV = '/nonexistent/udmabuf'; import pydmabuf; "
+)
+
+
 def test_kernel_requested_without_devices_never_falls_back() -> None:
-    out = _python("import pydmabuf; print(pydmabuf.backend)", PYDMABUF_BACKEND="kernel")
+    out = _python(_NO_DEVICES + "print(pydmabuf.backend)", PYDMABUF_BACKEND="kernel")
     assert out.returncode != 0
     assert "UnsupportedError" in out.stderr and "/dev/udmabuf" in out.stderr
-    out = _python("import pydmabuf; pydmabuf.Heap()", PYDMABUF_BACKEND="kernel")
+    out = _python(_NO_DEVICES + "pydmabuf.Heap()", PYDMABUF_BACKEND="kernel")
     assert out.returncode != 0 and "PYDMABUF_BACKEND=kernel" in out.stderr
+    out = _python(_NO_DEVICES + "print(pydmabuf.backend)", PYDMABUF_BACKEND="auto")
+    assert out.stdout.strip() == "fallback", out.stderr
 
 
 def test_explicit_backend_argument() -> None:
