@@ -287,8 +287,10 @@ def test_from_pid_permission_error_names_ptrace(monkeypatch: pytest.MonkeyPatch)
         pydmabuf.Buffer.from_pid(os.getpid(), 0)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root has CAP_SYS_PTRACE, so no EPERM to provoke")
 def test_from_pid_real_permission_error() -> None:
+    if os.geteuid() == 0:
+        _root_from_pid_permission_error()
+        return
     import ctypes
 
     def child() -> int:
@@ -304,6 +306,24 @@ def test_from_pid_real_permission_error() -> None:
     finally:
         os.kill(pid, 9)
         join(pid)
+
+
+def _root_from_pid_permission_error() -> None:
+    # root has CAP_SYS_PTRACE, so the refusal is provoked from a child that drops to
+    # nobody and tries to take an fd from this (root) process.
+    target = os.getpid()
+
+    def child() -> int:
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        try:
+            pydmabuf.Buffer.from_pid(target, 0)
+        except PermissionError as exc:
+            return 0 if "ptrace" in str(exc) else 2
+        return 1
+
+    assert join(fork(child)) == 0
 
 
 def test_from_pid_of_a_dead_process() -> None:
