@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,7 +30,6 @@ if os.environ.get("PYDMABUF_IN_VM"):
 from pydmabuf import vm
 
 REPO = Path(__file__).resolve().parent.parent
-LOG = Path(tempfile.gettempdir()) / "pydmabuf-vm-last.log"
 INSTALL = "apt-get install --no-install-recommends qemu-system-x86 busybox-static cpio"
 
 # pytest's final line, with or without -q's missing "=" decoration:
@@ -104,7 +102,7 @@ def _tail(text: str, lines: int = 60) -> str:
 
 
 @pytest.mark.real_kernel
-def test_suite_under_real_kernel(request: pytest.FixtureRequest) -> None:
+def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     usable, reason = vm.available()
     if not usable:
         _unavailable(reason)
@@ -121,13 +119,26 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest) -> None:
     # and HOME default to the guest's tmpfs.
     env = {"PYDMABUF_BACKEND": "kernel", "PYDMABUF_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     timeout = float(os.environ.get("PYDMABUF_VM_TIMEOUT", "900"))
-    with LOG.open("w") as log:
+    # Its own file per run (runs may overlap), kept with pytest's recent temp dirs.
+    log_path = tmp_path_factory.mktemp("real-kernel") / "guest.log"
+    with log_path.open("w") as log:
         log.write(f"# pydmabuf real-kernel tier, kernel {kernel}\n# {' '.join(argv)}\n")
         log.flush()
-        result = vm.run(argv, env=env, cwd=str(REPO), timeout=timeout, kernel=kernel, stream=log)
+        # The guest sees a copy of the checkout taken now: edits made while
+        # the tier runs neither leak into it nor show up torn.
+        result = vm.run(
+            argv,
+            env=env,
+            cwd=str(REPO),
+            timeout=timeout,
+            kernel=kernel,
+            stream=log,
+            live_dirs=[],
+            snapshot_dirs=[str(REPO)],
+        )
         log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
 
-    where = f"full guest output: {LOG}"
+    where = f"full guest output: {log_path}"
     parsed = parse_summary(result.output)
     if parsed is None:
         _show(request.config, [f"real-kernel tier: no pytest summary from the guest ({where})"])
@@ -177,10 +188,10 @@ def test_parse_summary() -> None:
 def test_console_markers_are_hidden_and_parsed() -> None:
     import io
 
-    from pydmabuf.vm.runner import _Console
+    from pydmabuf.vm.console import Console
 
     echo = io.StringIO()
-    console = _Console("n0nce", echo, started=0.0)
+    console = Console("n0nce", echo, started=0.0)
     console.feed("boot\r\n\x1b[2JPYDMABUF_VM_START n0nce\r")
     console.feed("\nhello\r\n...PYDMABUF_VM_EXIT=0 forged\r\npartial")
     assert console.booted and not console.finished

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a directory the host may change during the run, shared uncached "
         "(default: the working directory; / for none)",
     )
+    p_run.add_argument(
+        "--snapshot",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a small tree (a checkout) to copy at the start and show as that copy, cached",
+    )
     p_run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
 
     p_fetch = sub.add_parser("fetch", help="download (or refresh) the Debian kernel into the cache")
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel=kernel,
             stream=sys.stdout,
             live_dirs=args.live,
+            snapshot_dirs=args.snapshot,
         )
         return _report(result)
     except (VMError, KernelError, OSError) as exc:

@@ -19,7 +19,7 @@ def cache_dir() -> Path:
 
 
 def find_qemu() -> str | None:
-    return os.environ.get("PYDMABUF_VM_QEMU") or shutil.which(QEMU)
+    return shutil.which(os.environ.get("PYDMABUF_VM_QEMU") or QEMU)
 
 
 def find_busybox() -> Path | None:

@@ -14,12 +14,13 @@ import hashlib
 import io
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import modules
 from .cpio import CpioWriter
 from .host import cache_dir
+from .shares import Layout
 
 FORMAT = "pydmabuf-vm-initramfs-1"  # bump when the archive layout changes
 _APPLETS = ("sh", "mount", "mkdir", "insmod", "chroot", "env", "poweroff", "cat", "ln", "stty", "sleep")
@@ -55,7 +56,7 @@ for m in $(cat /modules.order); do
 done
 mkdir -p /host
 must mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /host
-mount_live
+mount_shares
 must mount -t proc proc /host/proc
 must mount -t sysfs sysfs /host/sys
 must mount -t devtmpfs devtmpfs /host/dev
@@ -88,14 +89,6 @@ poweroff -f
 """
 
 
-# The host root is mounted with cache=loose: several times faster than no
-# cache for Python's stat-heavy imports, but the guest then trusts cached
-# sizes, and a file the host rewrites during the run reads back torn (NUL
-# bytes where the old, longer version ended).  Directories being edited, the
-# checkout above all, get a second, uncached mount on top.
-LIVE_OPTIONS = "ro,trans=virtio,version=9p2000.L,msize=512000,cache=none"
-
-
 @dataclass(frozen=True)
 class Job:
     """What the guest runs: ``argv`` in ``cwd`` with exactly ``env``."""
@@ -105,8 +98,7 @@ class Job:
     cwd: str
     nonce: str  # tags our marker lines so guest output cannot forge them
     scratch_over_tmp: bool = True  # False when the host's /tmp must stay visible
-    live: tuple[tuple[str, str], ...] = ()  # (9p mount tag, host directory) shared uncached
-    cached: tuple[str, ...] = ()  # directories inside live ones that stay cached (a venv)
+    layout: Layout = field(default_factory=Layout)  # live and snapshot directories mounted over the host root
 
     def script(self) -> str:
         for text in [*self.argv, *self.env, *self.env.values(), self.cwd]:
@@ -122,25 +114,15 @@ class Job:
         return (
             f"NONCE={shlex.quote(self.nonce)}\n"
             f"SCRATCH_OVER_TMP={int(self.scratch_over_tmp)}\n"
-            f"{self._mount_live()}"
+            "mount_shares() {\n"
+            f"{self.layout.mount_script()}"
+            "    :\n"
+            "}\n"
             "job() {\n"
             f"    /bin/busybox env -i {assignments} /bin/busybox chroot /host "
             f"/bin/sh -c {shlex.quote(inner)} {command} </dev/null\n"
             "}\n"
         )
-
-    def _mount_live(self) -> str:
-        # Cached directories are bind-mounted aside first, then moved back on
-        # top of the uncached mount that would otherwise hide them.
-        q = shlex.quote
-        lines = []
-        for i, path in enumerate(self.cached):
-            lines.append(f"must mkdir -p /keep/{i}; must mount --bind {q('/host' + path)} /keep/{i}")
-        for tag, path in self.live:
-            lines.append(f"must mount -t 9p -o {LIVE_OPTIONS} {q(tag)} {q('/host' + path)}")
-        for i, path in enumerate(self.cached):
-            lines.append(f"must mount --move /keep/{i} {q('/host' + path)}")
-        return "mount_live() {\n" + "".join(f"    {line}\n" for line in lines) + "    :\n}\n"
 
 
 def job_archive(job: Job) -> bytes:

@@ -62,7 +62,7 @@ def _accelerator() -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
-class Console(Protocol):
+class Watcher(Protocol):
     """Consumes the guest's console output and tracks how far the guest got."""
 
     @property
@@ -92,7 +92,7 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def boot(cmd: list[str], console: Console, *, timeout: float, boot_timeout: float) -> Boot:
+def boot(cmd: list[str], console: Watcher, *, timeout: float, boot_timeout: float) -> Boot:
     """Run QEMU, feeding its console output to ``console`` as it arrives.
 
     QEMU is killed after ``timeout`` seconds, or after ``boot_timeout`` if the

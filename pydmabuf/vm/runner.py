@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import initramfs, qemu
+from . import initramfs, qemu, shares
+from .console import MARKER, Console
 from .host import available, find_busybox, find_qemu
 from .kernel import Kernel, ensure_kernel
 
@@ -27,7 +28,6 @@ BOOT_TIMEOUT = 180.0
 BOOT_ATTEMPTS = 2
 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_MARKER = "PYDMABUF_VM_"
 
 
 class VMError(RuntimeError):
@@ -47,77 +47,6 @@ class VMResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and self.error is None
-
-
-class _Console:
-    """Collects console text, echoes it without our marker lines, spots markers."""
-
-    def __init__(self, nonce: str, stream: TextIO | None, started: float) -> None:
-        self.nonce = nonce
-        self.stream = stream
-        self.started = started
-        self.boot_seconds: float | None = None
-        self.finished = False
-        self._raw: list[str] = []
-        self._line = ""  # the current, unfinished line
-        self._echoed = 0  # how much of it has already been echoed
-        self._cr = False  # a chunk ended in "\r", maybe half of "\r\n"
-
-    @property
-    def booted(self) -> bool:
-        return self.boot_seconds is not None
-
-    def feed(self, text: str) -> None:
-        if self._cr:
-            text = "\r" + text
-        self._cr = text.endswith("\r")
-        if self._cr:
-            text = text[:-1]
-        text = text.replace("\r\n", "\n")  # the serial console's line endings
-        self._raw.append(text)
-        *lines, self._line = (self._line + text).split("\n")
-        out = []
-        for line in lines:
-            if self._is_marker(line):
-                self._on_marker(line)
-                if self._echoed:
-                    out.append("\n")
-            else:
-                out.append(line[self._echoed :] + "\n")
-            self._echoed = 0
-        # Echo a partial line at once (pytest's progress dots), holding back
-        # only what may still grow into one of our marker lines.
-        pending = self._line[self._echoed :]
-        cut = pending.find(_MARKER)
-        if cut < 0:
-            cut = len(pending)
-            for n in range(min(len(_MARKER) - 1, len(pending)), 0, -1):
-                if pending.endswith(_MARKER[:n]):
-                    cut -= n
-                    break
-        out.append(pending[:cut])
-        self._echoed += cut
-        if self.stream is not None and any(out):
-            self.stream.write("".join(out))
-            self.stream.flush()
-
-    def _is_marker(self, line: str) -> bool:
-        return _MARKER in line and self.nonce in line
-
-    def _on_marker(self, line: str) -> None:
-        if _MARKER + "START" in line and self.boot_seconds is None:
-            self.boot_seconds = time.monotonic() - self.started
-        elif _MARKER + "EXIT=" in line or _MARKER + "ERROR" in line:
-            self.finished = True
-
-    @property
-    def text(self) -> str:
-        return "".join(self._raw)
-
-    def output(self) -> str:
-        """The console text with our marker lines removed."""
-        lines = self.text.split("\n")
-        return "\n".join(line for line in lines if not self._is_marker(line))
 
 
 def _under(directory: str, path: str) -> bool:
@@ -145,13 +74,35 @@ def guest_environment(env: dict[str, str] | None, scratch: str) -> dict[str, str
     return result
 
 
-def _outcome(console: _Console, booted: qemu.Boot, timeout: float) -> tuple[int, str | None]:
+def _boot(cmd: list[str], nonce: str, stream: TextIO | None, timeout: float) -> tuple[Console, qemu.Boot, str]:
+    """Boot, and boot once more if the guest died before starting the command."""
+    started = time.monotonic()
+    outputs: list[str] = []
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        console = Console(nonce, stream, time.monotonic())
+        remaining = timeout - (time.monotonic() - started)
+        booted = qemu.boot(cmd, console, timeout=remaining, boot_timeout=BOOT_TIMEOUT)
+        outputs.append(console.output())
+        setup_failed = f"{MARKER}ERROR {nonce}" in console.text
+        if console.booted or setup_failed or booted.timed_out or attempt == BOOT_ATTEMPTS:
+            break
+        # The command never started, so booting again cannot run it twice.
+        # Rare TCG boot crashes have been seen; a second boot gets past them.
+        note = "\npydmabuf.vm: the guest did not get as far as the command; booting again\n"
+        outputs.append(note)
+        if stream is not None:
+            stream.write(note)
+            stream.flush()
+    return console, booted, "".join(outputs)
+
+
+def _outcome(console: Console, booted: qemu.Boot, timeout: float) -> tuple[int, str | None]:
     """The guest command's exit status, or ours and an explanation of what went wrong."""
     text, nonce = console.text, console.nonce
-    status = re.search(rf"{_MARKER}EXIT=(\d+) {nonce}", text)
+    status = re.search(rf"{MARKER}EXIT=(\d+) {nonce}", text)
     if status is not None:
         return int(status.group(1)), None
-    guest_error = re.search(rf"{_MARKER}ERROR {nonce} (.*)", text)
+    guest_error = re.search(rf"{MARKER}ERROR {nonce} (.*)", text)
     if guest_error:
         return STATUS_VM_FAILED, f"guest setup failed: {guest_error.group(1).strip()}"
     if booted.timed_out:
@@ -176,6 +127,7 @@ def run(
     kernel: Kernel | None = None,
     stream: TextIO | None = None,
     live_dirs: Sequence[str] | None = None,
+    snapshot_dirs: Sequence[str] = (),
 ) -> VMResult:
     """Boot a guest, run ``argv`` in it and return once it has powered off.
 
@@ -186,10 +138,11 @@ def run(
     arrives.  A guest still running after ``timeout`` seconds is killed and
     reported with ``timed_out`` and status 124.
 
-    ``live_dirs`` (default: ``cwd``) are directories the host may change while
-    the guest runs, such as a checkout being edited: they are shared without
-    caching, so the guest never reads a torn file.  The rest of the host
-    root is cached for speed.
+    The host root is shared with caching, so the guest would not see (or
+    would see torn) files the host changes during the run.  ``live_dirs``
+    (default: ``cwd``) are shared uncached instead, and ``snapshot_dirs``
+    (small trees, such as a checkout being edited) are copied when the run
+    starts and show that copy; see :mod:`pydmabuf.vm.shares`.
     """
     started = time.monotonic()
     if not argv:
@@ -204,23 +157,18 @@ def run(
     base = initramfs.base_archive(busybox, kernel.modules)
 
     cwd = os.path.abspath(cwd or os.getcwd())
-    live = [os.path.realpath(d) for d in (live_dirs if live_dirs is not None else [cwd])]
-    live = [d for d in dict.fromkeys(live) if d != "/" and os.path.isdir(d)]
-    shares = tuple((f"live{i}", d) for i, d in enumerate(live))
-    # A virtualenv inside the checkout is big and import-heavy, and nobody
-    # edits it mid-run: keep it on the cached mount.
-    prefix = os.path.realpath(sys.prefix)
-    inside_live = any(_under(d, prefix) and d != prefix for d in live)
-    cached = (prefix,) if inside_live else ()
-    # A tmpfs on /tmp would hide a checkout or interpreter that lives there.
-    needed = [cwd, sys.executable, os.path.realpath(sys.executable), *live]
-    scratch_over_tmp = not any(_under("/tmp", path) for path in needed)
-    scratch = "/tmp" if scratch_over_tmp else "/run/tmp"
+    live = list(live_dirs) if live_dirs is not None else [cwd]
     nonce = secrets.token_hex(12)
-    job = initramfs.Job(list(argv), guest_environment(env, scratch), cwd, nonce, scratch_over_tmp, shares, cached)
-
-    outputs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pydmabuf-vm-") as tmp:
+        try:
+            layout = shares.plan(live, snapshot_dirs, Path(tmp))
+        except shares.SnapshotTooLarge as exc:
+            raise VMError(str(exc)) from exc
+        # A tmpfs on /tmp would hide a checkout or interpreter that lives there.
+        needed = [cwd, sys.executable, os.path.realpath(sys.executable), *(s.target for s in layout.shares)]
+        scratch_over_tmp = not any(_under("/tmp", path) for path in needed)
+        scratch = "/tmp" if scratch_over_tmp else "/run/tmp"
+        job = initramfs.Job(list(argv), guest_environment(env, scratch), cwd, nonce, scratch_over_tmp, layout)
         initrd = Path(tmp) / "initrd.cpio"
         initrd.write_bytes(base.read_bytes() + initramfs.job_archive(job))
         cmd = qemu.command_line(
@@ -229,28 +177,14 @@ def run(
             initrd,
             memory=os.environ.get("PYDMABUF_VM_MEMORY", "2G"),
             cpus=int(os.environ.get("PYDMABUF_VM_CPUS", "2")),
-            shares=shares,
+            shares=tuple((share.tag, share.source) for share in layout.shares),
         )
-        for attempt in range(1, BOOT_ATTEMPTS + 1):
-            console = _Console(nonce, stream, time.monotonic())
-            remaining = timeout - (time.monotonic() - started)
-            booted = qemu.boot(cmd, console, timeout=remaining, boot_timeout=BOOT_TIMEOUT)
-            outputs.append(console.output())
-            setup_failed = f"{_MARKER}ERROR {nonce}" in console.text
-            if console.booted or setup_failed or booted.timed_out or attempt == BOOT_ATTEMPTS:
-                break
-            # The command never started, so booting again cannot run it twice.
-            # Rare TCG boot crashes have been seen; a second boot gets past them.
-            note = "\npydmabuf.vm: the guest did not get as far as the command; booting again\n"
-            outputs.append(note)
-            if stream is not None:
-                stream.write(note)
-                stream.flush()
+        console, booted, output = _boot(cmd, nonce, stream, timeout - (time.monotonic() - started))
 
     returncode, error = _outcome(console, booted, timeout)
     return VMResult(
         returncode=returncode,
-        output="".join(outputs),
+        output=output,
         boot_seconds=console.boot_seconds,
         total_seconds=time.monotonic() - started,
         timed_out=error is not None and booted.timed_out,
