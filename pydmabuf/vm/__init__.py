@@ -6,13 +6,20 @@ needed), with the host's root filesystem shared read-only, and runs one
 command in it: typically this project's own test suite.
 
 Standard library only, and independent of the rest of :mod:`pydmabuf`, so it
-works before (or without) the bindings being built.
+works before (or without) the bindings being built.  Modules: ``kernel``
+(which kernel, fetched how), ``initramfs`` and ``cpio`` (the guest's /init),
+``shares`` (how host directories appear), ``qemu`` (the process), ``console``
+(its output), ``runner`` (all of it for one command).
 
     ok, why = pydmabuf.vm.available()
     result = pydmabuf.vm.run([sys.executable, "-c", "import os; print(os.uname())"])
     print(result.returncode, result.boot_seconds, result.output)
 
-From a shell: ``python -m pydmabuf.vm run -- python3 -m pytest tests``.
+From a shell (the guest cannot write to the host, hence no pytest cache)::
+
+    python -m pydmabuf.vm run --snapshot . -- python3 -m pytest -p no:cacheprovider tests
+    python -m pydmabuf.vm check --boot   # can it run here? which devices?
+    python -m pydmabuf.vm fetch          # download or refresh Debian's kernel
 """
 
 from __future__ import annotations

@@ -107,37 +107,46 @@ class PrivateApt:
         self.root = root
         for sub in ("lists/partial", "cache/archives/partial"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("sources.list.d", "preferences.d"):
+            (root / sub).mkdir(exist_ok=True)  # empty: shadows the host's
         sources = root / "sources.list"
         sources.write_text(f"deb [signed-by={source.keyring}] {source.uri} {suite} main\n")
         self._options = [
             f"-oDir::Etc::sourcelist={sources}",
-            "-oDir::Etc::sourceparts=-",
+            f"-oDir::Etc::sourceparts={root / 'sources.list.d'}",
             f"-oDir::State::Lists={root / 'lists'}",
             f"-oDir::Cache={root / 'cache'}",
             # Host pinning is written for the host's suites, not ours.
             f"-oDir::Etc::preferences={root / 'preferences'}",
-            "-oDir::Etc::preferencesparts=-",
+            f"-oDir::Etc::preferencesparts={root / 'preferences.d'}",
             "-oAcquire::Languages=none",
         ]
+        self._last_update = ""
         if os.geteuid() == 0:
             # apt's _apt sandbox user cannot write into a private root-owned tree.
             self._options.append("-oAPT::Sandbox::User=root")
 
-    def _run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
+    def _run(self, tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [tool, *self._options, *args]
         try:
             done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
         except FileNotFoundError as exc:
             raise AptError(f"{tool} not found: fetching the kernel needs apt") from exc
         if done.returncode != 0:
-            raise AptError(f"{shlex.join(cmd)} failed ({done.returncode}):\n{done.stderr.strip()[-2000:]}")
-        return done.stdout
+            what = shlex.join([tool, *args])  # without our -o options: readable
+            raise AptError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        return done
 
     def update(self) -> None:
-        self._run("apt-get", "-q", "update")
+        # apt-get update exits 0 even when every download failed; -q=2 keeps
+        # only the warnings and errors, which we pass on if nothing was found.
+        self._last_update = self._run("apt-get", "-q=2", "update").stderr
 
     def depends(self, package: str) -> list[str]:
-        out = self._run("apt-cache", "depends", package)
+        try:
+            out = self._run("apt-cache", "depends", package).stdout
+        except AptError as exc:
+            raise AptError(f"{exc}\n(apt-get update said: {self._last_update.strip() or 'nothing'})") from None
         return re.findall(r"^\s*\|?Depends:\s*(\S+)", out, re.MULTILINE)
 
     def download(self, package: str, dest: Path) -> Path:

@@ -161,6 +161,13 @@ def _locked(path: Path) -> Iterator[None]:
 
 def fetch_debian_kernel() -> Kernel:
     """Ask apt for the current Debian kernel and cache it unless already cached."""
+    try:
+        return _fetch_debian_kernel()
+    except debian.AptError as exc:
+        raise KernelError(f"could not fetch Debian {SUITE}'s kernel: {exc}") from exc
+
+
+def _fetch_debian_kernel() -> Kernel:
     with _locked(_kernels_dir() / ".lock"):
         apt = debian.PrivateApt(cache_dir() / "apt" / SUITE, debian.host_archive(), SUITE)
         print(f"pydmabuf.vm: asking apt for Debian {SUITE} {METAPACKAGE} ...", file=sys.stderr)

@@ -18,6 +18,7 @@ overlay and moved back on top of it.
 
 from __future__ import annotations
 
+import compileall
 import os
 import shlex
 import shutil
@@ -99,6 +100,10 @@ def _copy(source: str, dest: str, skip: list[str]) -> None:
     shutil.copytree(source, dest, symlinks=True, ignore=ignore, copy_function=copy)
     for path in skip:  # mount points for the kept directories
         os.makedirs(os.path.join(dest, os.path.relpath(path, source)), exist_ok=True)
+    # Byte-compile here, natively, what the guest would otherwise compile
+    # under emulation in every process (its view is read-only, so it never
+    # caches).  copy2 kept the sources' mtimes, so these .pyc files are valid.
+    compileall.compile_dir(dest, quiet=2)
 
 
 def plan(live: Sequence[str], snapshot: Sequence[str], workdir: Path) -> Layout:
