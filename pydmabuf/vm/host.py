@@ -58,6 +58,9 @@ def available() -> tuple[bool, str]:
     Does not touch the network: a kernel that still has to be downloaded
     counts as available as long as apt is there to fetch it.
     """
+    if os.environ.get("PYDMABUF_IN_VM"):
+        # Nested emulation would be unbearably slow, and the host can run it.
+        return False, "already inside the pydmabuf VM (PYDMABUF_IN_VM is set)"
     if not sys.platform.startswith("linux"):
         return False, f"the real-kernel VM needs Linux, not {sys.platform}"
     machine = platform.machine()

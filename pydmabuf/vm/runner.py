@@ -67,6 +67,7 @@ def guest_environment(env: dict[str, str] | None, scratch: str) -> dict[str, str
         "LANG": "C.UTF-8",
         "TERM": "dumb",  # the console is a tty, but no colour codes in logs
         "PYTHONUNBUFFERED": "1",  # stream output as it happens
+        "PYDMABUF_IN_VM": "1",  # lets tests (and available()) know; no nested VMs
     }
     result.update(env or {})
     if python_dir not in result["PATH"].split(":"):
