@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno as E
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import _ops
 from .errors import Error, PermissionDeniedError, error, invalid
@@ -22,6 +24,19 @@ def _ptrace_scope() -> str:
             return f"ptrace_scope is {f.read().strip()} here"
     except OSError:
         return "Yama is not active here"
+
+
+_T = TypeVar("_T")
+
+
+def wrap_taken(from_fd: Callable[[int], _T], pid: int, fd: int) -> _T:
+    """``from_fd`` applied to a duplicate of ``pid``'s ``fd``; closed if it refuses it."""
+    new = take_fd(pid, fd)
+    try:
+        return from_fd(new)
+    except BaseException:
+        os.close(new)
+        raise
 
 
 def take_fd(pid: int, fd: int) -> int:

@@ -63,14 +63,9 @@ class Buffer(FdHolder):
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> Buffer:
         """Take process ``pid``'s buffer fd ``fd`` (pidfd_getfd, Linux 5.6+). Needs ptrace
         access to ``pid``; PermissionError says what is missing."""
-        from ._pidfd import take_fd
+        from ._pidfd import wrap_taken
 
-        new = take_fd(pid, fd)
-        try:
-            return cls.from_fd(new, backend=backend)
-        except BaseException:
-            os.close(new)
-            raise
+        return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
         # multiprocessing duplicates the fd into the receiver (see pydmabuf._pickle).
@@ -97,6 +92,16 @@ class Buffer(FdHolder):
         if len(raw) > NAME_MAX or b"\0" in raw:
             raise invalid(f"buffer names are at most {NAME_MAX} bytes without NUL: {name!r}")
         self._backend.set_name(self.fileno(), raw)
+
+    def _named(self, name: str | None) -> Buffer:
+        """This new buffer, named; closed again if the name is refused."""
+        if name is not None:
+            try:
+                self.set_name(name)
+            except BaseException:
+                self.close()
+                raise
+        return self
 
     def info(self) -> BufferInfo:
         return self._backend.buffer_info(self.fileno(), self._size)

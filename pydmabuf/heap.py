@@ -76,13 +76,7 @@ class Heap(FdHolder):
         buf._backend = backend
         buf._offset = 0
         buf._access = None
-        if name is not None:
-            try:
-                buf.set_name(name)
-            except BaseException:
-                buf.close()
-                raise
-        return buf
+        return buf if name is None else buf._named(name)
 
     def __repr__(self) -> str:
         state = f"fd={self._fd}" if self._fd >= 0 else "closed"

@@ -34,14 +34,9 @@ class SyncFile(FdHolder):
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> SyncFile:
         """Take process ``pid``'s sync-file fd ``fd`` (pidfd_getfd, Linux 5.6+). Needs
         ptrace access to ``pid``; PermissionError says what is missing."""
-        from ._pidfd import take_fd
+        from ._pidfd import wrap_taken
 
-        new = take_fd(pid, fd)
-        try:
-            return cls.from_fd(new, backend=backend)
-        except BaseException:
-            os.close(new)
-            raise
+        return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
         # multiprocessing duplicates the fd into the receiver (see pydmabuf._pickle).

@@ -19,13 +19,7 @@ def udmabuf(size: int, *, name: str | None = None, backend: str | Backend | None
         buf = udmabuf_from_ranges([(memfd, 0, size)], backend=backend)
     finally:
         os.close(memfd)  # the buffer pins the pages; the memfd is no longer needed
-    if name is not None:
-        try:
-            buf.set_name(name)
-        except BaseException:
-            buf.close()
-            raise
-    return buf
+    return buf._named(name)
 
 
 def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, *,
