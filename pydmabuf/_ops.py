@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import struct
 
 from . import _ffi
 from ._ffi import ffi, lib
@@ -34,6 +35,33 @@ def ioctl(fd: int, request: int, arg: object, what: str, hints: Hints | None = N
             return ret
         if ffi.errno not in _RETRY:
             raise fail(what, hints)
+
+
+def retry_or_raise(exc: OSError, what: str, hints: Hints | None = None) -> None:
+    """For the hot paths that call fcntl.ioctl: return if ``exc`` means "call again"
+    (EINTR/EAGAIN), else raise the library's error for it."""
+    code = exc.errno or E.EIO
+    if code not in _RETRY:
+        raise error(code, what, hints.get(code) if hints else None) from None
+
+
+# --- hot-path argument layouts ------------------------------------------------------
+# fcntl.ioctl with a packed argument is the cheapest ioctl call CPython has (no
+# libffi), so the three hottest ioctls pack their structs with these formats. They
+# are checked here against cffi's layout, which tests/test_abi.py checks against C.
+
+def _packed(fmt: str, ctype: str) -> struct.Struct:
+    layout = struct.Struct(fmt)
+    fields = ffi.typeof(ctype).fields
+    offsets = [struct.calcsize(fmt[: i + 2]) - struct.calcsize(fmt[i + 1]) for i in range(len(fields))]
+    if layout.size != ffi.sizeof(ctype) or offsets != [f.offset for _, f in fields]:
+        raise ImportError(f"pydmabuf: packed layout {fmt} does not match {ctype}")
+    return layout
+
+
+SYNC_ARG = _packed("=Q", "struct dma_buf_sync")
+ALLOC_ARG = _packed("=QIIQ", "struct dma_heap_allocation_data")
+EXPORT_ARG = _packed("=Ii", "struct dma_buf_export_sync_file")
 
 
 # --- dma-buf ---------------------------------------------------------------------------

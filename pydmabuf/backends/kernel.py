@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import errno as E
+import fcntl
 import os
 import select
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import _fdinfo, _ffi, _ops
 from .._access import CpuAccess
-from .._ffi import ffi, lib
 from ..errors import (
     CMA_HINT,
     HEAP_PERMISSION_HINT,
@@ -34,17 +34,17 @@ _UDMABUF_HINTS = {E.EINVAL: UDMABUF_EINVAL_HINT, E.EACCES: UDMABUF_PERMISSION_HI
                   E.EBADFD: "each range needs a memfd (shmem) fd"}
 
 
-_ioctl = lib.ioctl
+_fioctl = fcntl.ioctl
 _SYNC = _ffi.DMA_BUF_IOCTL_SYNC
 _ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
 _EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
-_ALLOC_T = ffi.typeof("struct dma_heap_allocation_data *")
-_EXPORT_T = ffi.typeof("struct dma_buf_export_sync_file *")
-# Reusable argument structs. cffi releases the GIL during the ioctl, so a struct is
-# popped for exclusive use and pushed back afterwards (both atomic under the GIL);
-# a thread finding the pool empty allocates its own. Cheaper than ffi.new per call.
-_alloc_pool: list[Any] = []
-_export_pool: list[Any] = []
+_END = 4
+_pack_sync = _ops.SYNC_ARG.pack
+_pack_alloc = _ops.ALLOC_ARG.pack
+_unpack_alloc = _ops.ALLOC_ARG.unpack
+_unpack_export = _ops.EXPORT_ARG.unpack
+# EXPORT_SYNC_FILE's input is only the flags: one packed argument per flag value.
+_EXPORT_ARGS = {flags: _ops.EXPORT_ARG.pack(flags, -1) for flags in (1, 2, 3)}
 
 
 class KernelCpuAccess(CpuAccess):
@@ -54,17 +54,19 @@ class KernelCpuAccess(CpuAccess):
 
     def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
         super().__init__(buffer, flags, timeout)
-        # Read-only for the kernel, so shared instances are safe across threads.
-        self._start_arg = ffi.new("struct dma_buf_sync *", {"flags": flags})
-        self._end_arg = ffi.new("struct dma_buf_sync *", {"flags": flags | _END})
+        self._start_arg = _pack_sync(flags)
+        self._end_arg = _pack_sync(flags | _END)
 
     def __enter__(self) -> Buffer:
         buf = self._buffer
         fd = buf._fd
         if fd < 0 or self._timeout is not None:
             return super().__enter__()
-        if _ioctl(fd, _SYNC, self._start_arg) < 0:
-            _ops.dma_buf_sync(fd, self._flags)  # retries EINTR/EAGAIN or raises
+        try:
+            _fioctl(fd, _SYNC, self._start_arg)
+        except OSError as exc:
+            _ops.retry_or_raise(exc, "DMA_BUF_IOCTL_SYNC")
+            _ops.dma_buf_sync(fd, self._flags)
         return buf
 
     def __exit__(
@@ -74,11 +76,14 @@ class KernelCpuAccess(CpuAccess):
         tb: TracebackType | None,
     ) -> None:
         fd = self._buffer._fd
-        if fd >= 0 and _ioctl(fd, _SYNC, self._end_arg) < 0:
-            _ops.dma_buf_sync(fd, self._flags | _END)
+        if fd >= 0:
+            try:
+                _fioctl(fd, _SYNC, self._end_arg)
+            except OSError as err:
+                _ops.retry_or_raise(err, "DMA_BUF_IOCTL_SYNC")
+                _ops.dma_buf_sync(fd, self._flags | _END)
 
 
-_END = 4
 
 
 def available() -> bool:
@@ -110,25 +115,24 @@ class KernelBackend(Backend):
         return KernelCpuAccess(buffer, flags, timeout)
 
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
-        arg = _alloc_pool.pop() if _alloc_pool else ffi.new(_ALLOC_T)
-        arg.len = size
-        arg.fd = 0  # the kernel rejects a stale fd field
-        arg.fd_flags = O_RDWR_CLOEXEC
-        if _ioctl(heap_fd, _ALLOC, arg) < 0:
-            hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
-            return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, hints)  # retry or raise
-        fd: int = arg.fd
-        _alloc_pool.append(arg)
-        return fd
+        # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
+        arg = _pack_alloc(size, 0, O_RDWR_CLOEXEC, 0)
+        while True:
+            try:
+                return _unpack_alloc(_fioctl(heap_fd, _ALLOC, arg))[1]  # type: ignore[no-any-return]
+            except OSError as exc:
+                hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
+                _ops.retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
 
     def export_sync_file(self, fd: int, flags: int) -> int:
-        arg = _export_pool.pop() if _export_pool else ffi.new(_EXPORT_T)
-        arg.flags = flags
-        if _ioctl(fd, _EXPORT, arg) < 0:
-            return _ops.dma_buf_export_sync_file(fd, flags)  # retry or raise
-        sync_fd: int = arg.fd
-        _export_pool.append(arg)
-        return sync_fd
+        arg = _EXPORT_ARGS.get(flags)
+        if arg is None:
+            raise error(E.EINVAL, f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE flags {flags:#x}")
+        while True:
+            try:
+                return _unpack_export(_fioctl(fd, _EXPORT, arg))[1]  # type: ignore[no-any-return]
+            except OSError as exc:
+                _ops.retry_or_raise(exc, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
 
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
         try:
