@@ -260,3 +260,49 @@ def test_kernel_buffer_fd_is_a_dmabuf(heap: pydmabuf.Heap) -> None:
     with heap.allocate(4096, name="link") as buf:
         assert os.readlink(f"/proc/self/fd/{buf.fileno()}") == "/dmabuf:link"
         assert os.fstat(buf.fileno()).st_size == 4096
+
+
+@needs_timeline
+def test_cpu_access_start_survives_signals_while_blocked(heap: pydmabuf.Heap, timeline: pydmabuf.Timeline) -> None:
+    # SYNC START blocks on the write fence; timer signals interrupt it (EINTR) and the
+    # library must retry until the fence signals, not fail.
+    import signal
+    import time
+
+    with heap.allocate(4096) as buf, timeline.fence(1) as fence:
+        buf.import_sync_file(fence, write=True)
+        hits: list[int] = []
+        old = signal.signal(signal.SIGALRM, lambda *_: hits.append(1))
+        releaser = threading.Timer(0.5, timeline.signal, args=(1,))
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        releaser.start()
+        start = time.monotonic()
+        try:
+            with buf.cpu_access():
+                elapsed = time.monotonic() - start
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            releaser.join()
+        assert hits, "no signal arrived during the blocked START"
+        assert elapsed >= 0.4
+
+
+@kernel_only
+def test_kernel_hot_path_errors_are_library_errors() -> None:
+    # The fast paths (fcntl.ioctl) map failures like the ops layer does: an fd that is
+    # not a dma-buf answers ENOTTY, which is UnsupportedError.
+    backend = pydmabuf.get_backend("kernel")
+    r, w = os.pipe()
+    try:
+        fake = pydmabuf.Buffer(os.dup(r), 4096, backend)
+        with fake:
+            with pytest.raises(pydmabuf.UnsupportedError), fake.cpu_access():
+                pass
+            with pytest.raises(pydmabuf.UnsupportedError):
+                fake.export_sync_file()
+        with pytest.raises(pydmabuf.UnsupportedError):
+            backend.allocate(r, "system", 4096)
+    finally:
+        os.close(r)
+        os.close(w)
