@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from . import _memfd, _ops
+from .backends.base import TimelineSource
 from .backends.kernel import HEAP_DIR, UDMABUF_DEV
 from .backends.kernel_timelines import SW_SYNC, SwSyncTimeline, VgemTimeline, find_vgem_card
 from .errors import HEAP_PERMISSION_HINT, UDMABUF_PERMISSION_HINT
@@ -164,6 +165,20 @@ def _sync_file_features(report: Report) -> list[Feature]:
             os.close(fd)
 
 
+def _one_fence(open_source: Callable[[], TimelineSource]) -> Callable[[], None]:
+    """A probe that makes one fence on a new timeline, signals it and cleans up."""
+
+    def probe() -> None:
+        timeline = open_source()
+        try:
+            os.close(timeline.fence(1))
+            timeline.signal(1)
+        finally:
+            timeline.close()
+
+    return probe
+
+
 def _sw_sync() -> Feature:
     if not os.path.exists(SW_SYNC):
         if os.path.ismount("/sys/kernel/debug"):
@@ -171,15 +186,7 @@ def _sw_sync() -> Feature:
         return Feature("sw_sync", False, f"{SW_SYNC} absent: debugfs not mounted (or no access)",
                        DEBUGFS_HINT)
 
-    def fence() -> None:
-        timeline = SwSyncTimeline()
-        try:
-            os.close(timeline.fence(1))
-            timeline.signal(1)
-        finally:
-            timeline.close()
-
-    feature = _try("sw_sync", f"a fence from {SW_SYNC}", fence)
+    feature = _try("sw_sync", f"a fence from {SW_SYNC}", _one_fence(SwSyncTimeline))
     if not feature.supported and "ermission" in feature.detail:
         feature.fix = "debugfs is root-only: run as root"
     return feature
@@ -190,15 +197,7 @@ def _vgem() -> Feature:
     if card is None:
         return Feature("vgem", False, "no vgem device", "modprobe vgem (CONFIG_DRM_VGEM)")
 
-    def fence() -> None:
-        timeline = VgemTimeline(card)
-        try:
-            os.close(timeline.fence(1))
-            timeline.signal(1)
-        finally:
-            timeline.close()
-
-    feature = _try("vgem", f"a fence from vgem on {card}", fence)
+    feature = _try("vgem", f"a fence from vgem on {card}", _one_fence(lambda: VgemTimeline(card)))
     if not feature.supported and "ermission" in feature.detail:
         feature.fix = f"add the user to the group owning {card} (usually 'video')"
     return feature
