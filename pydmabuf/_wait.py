@@ -1,4 +1,10 @@
-"""Bounded waits on one fd with a deadline computed once.
+"""Bounded waits on one fd with a deadline computed once, and the one place that
+says what a ``timeout`` argument may be.
+
+Timeouts are seconds: ``None`` or ``math.inf`` wait forever; any other non-negative
+int or float is honoured however large (poll() takes at most INT_MAX ms, so long
+waits poll in chunks); negative or NaN is ``InvalidArgumentError`` (a ValueError);
+anything else is ``TypeError``.
 
 ``select.poll`` already retries EINTR with the *remaining* time (PEP 475); we still
 recompute from the deadline on every wakeup so spurious returns cannot extend it.
@@ -11,11 +17,42 @@ import math
 import select
 import time
 
-from .errors import error, timed_out
+from .errors import error, invalid, timed_out
 
 POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT
 _BAD = select.POLLNVAL | select.POLLERR
+_MAX_MS = 2**31 - 1  # poll(2)'s int timeout
+_monotonic = time.monotonic
+_inf = math.inf
+
+
+def deadline(timeout: float | None, what: str = "timeout") -> float | None:
+    """``time.monotonic()`` at which a wait of ``timeout`` seconds ends; None: never."""
+    if timeout is None:
+        return None
+    if type(timeout) is not float and (type(timeout) is not int):
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"{what}: timeout must be a number of seconds or None, "
+                            f"got {type(timeout).__name__}")
+        timeout = float(timeout)
+    if not timeout >= 0:  # also catches NaN
+        raise invalid(f"{what}: timeout must be >= 0 or None, got {timeout!r}")
+    if timeout == _inf:
+        return None
+    return _monotonic() + timeout
+
+
+def remaining_ms(until: float | None) -> int | None:
+    """poll()'s timeout for a wait ending at ``until``: None blocks, capped at INT_MAX."""
+    if until is None:
+        return None
+    ms = math.ceil((until - _monotonic()) * 1000)
+    return 0 if ms < 0 else ms if ms < _MAX_MS else _MAX_MS
+
+
+def expired(until: float | None) -> bool:
+    return until is not None and _monotonic() >= until
 
 
 def ready(fd: int, events: int) -> bool:
@@ -27,20 +64,17 @@ def ready(fd: int, events: int) -> bool:
 
 def wait_fd(fd: int, events: int, timeout: float | None, what: str) -> None:
     """Block until ``fd`` reports ``events``; TimeoutError once ``timeout`` seconds pass."""
+    until = deadline(timeout, what)
     poller = select.poll()
     poller.register(fd, events)
-    if timeout is None:
+    if until is None:
         while not _check(poller.poll(), events):
             pass
         return
-    if timeout < 0 or math.isnan(timeout):
-        raise error(E.EINVAL, f"{what}: timeout must be >= 0 or None")
-    deadline = time.monotonic() + timeout
     while True:
-        remaining = deadline - time.monotonic()
-        if _check(poller.poll(max(0, math.ceil(remaining * 1000))), events):
+        if _check(poller.poll(remaining_ms(until)), events):
             return
-        if time.monotonic() >= deadline:
+        if _monotonic() >= until:
             raise timed_out(what)
 
 

@@ -120,3 +120,10 @@ UDMABUF_EINVAL_HINT = (
     "total within /sys/module/udmabuf/parameters/size_limit_mb"
 )
 READONLY_MAP_HINT = "the buffer was exported read-only; map it with write=False"
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """A name argument: ``str`` or TypeError (None is handled by callers)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    return name

@@ -12,7 +12,8 @@ import os
 from ..errors import invalid, unsupported
 from .base import Backend, TimelineSource
 
-__all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "default_name", "get_backend"]
+__all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "default_name", "fence_backend",
+           "get_backend"]
 
 BACKEND_NAMES = ("kernel", "fallback")
 _instances: dict[str, Backend] = {}
@@ -65,3 +66,19 @@ def get_backend(name: str | Backend | None = None) -> Backend:
             raise invalid(f"unknown backend {name!r}: expected one of {BACKEND_NAMES}")
         _instances[name] = backend
     return backend
+
+
+def buffer_backend(fd: int) -> tuple[Backend, int]:
+    """The backend whose semantics apply to buffer ``fd`` (kernel for any dma-buf,
+    fallback for a sealed memfd) and its size; InvalidArgumentError for anything else."""
+    from .._fdkind import DMA_BUF, buffer_kind
+
+    kind, size = buffer_kind(fd)
+    return get_backend("kernel" if kind == DMA_BUF else "fallback"), size
+
+
+def fence_backend(fd: int) -> Backend:
+    """The backend for fence ``fd``: kernel for a sync_file, fallback for an eventfd."""
+    from .._fdkind import SYNC_FILE, fence_kind
+
+    return get_backend("kernel" if fence_kind(fd) == SYNC_FILE else "fallback")

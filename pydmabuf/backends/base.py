@@ -78,6 +78,15 @@ class Backend(ABC):
     @abstractmethod
     def buffer_info(self, fd: int, size: int) -> BufferInfo: ...
 
+    def local_name(self, fd: int) -> bytes:
+        """The buffer's name if it lives only in this process and so must travel in a
+        message header; b"" when the name travels with the file itself."""
+        return b""
+
+    def note_name(self, fd: int, name: bytes) -> None:
+        """Remember a name that arrived as data for a received buffer, in this process
+        only: a receiver never writes to a file it was sent."""
+
     @abstractmethod
     def export_sync_file(self, fd: int, flags: int) -> int: ...
 

@@ -211,6 +211,19 @@ class FallbackBackend(Backend):
         except OSError:
             self._names[self._key(fd)] = name.decode("utf-8", "replace")
 
+    def local_name(self, fd: int) -> bytes:
+        if not self._names:
+            return b""
+        name = self._names.get(self._key(fd))
+        return name.encode() if name else b""
+
+    def note_name(self, fd: int, name: bytes) -> None:
+        try:
+            os.getxattr(fd, NAME_XATTR)
+            return  # the file carries its own name
+        except OSError:
+            self._names[self._key(fd)] = name.decode("utf-8", "replace")
+
     def buffer_info(self, fd: int, size: int) -> BufferInfo:
         st = os.fstat(fd)
         return BufferInfo(size=size, exporter=EXPORTER, name=self.buffer_name(fd),

@@ -1,0 +1,79 @@
+"""What an fd is, decided from the fd itself: a dma-buf (any exporter), a sync_file,
+or the fallback's stand-ins (a sealed memfd, an eventfd). The answer picks the
+backend whose semantics apply, whatever allocators this machine has.
+
+Cheap by design, since ``Buffer.from_fd`` and ``recv`` run it on every fd: one
+``fstat`` for a dma-buf (the dma-buf filesystem's device number is learned once with
+``fstatfs``), ``fstat`` + ``F_GET_SEALS`` for a memfd, one ``readlink`` for a fence.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import fcntl
+import os
+import stat
+
+from . import _ops
+from .errors import error, invalid
+
+DMA_BUF = "dma-buf"
+MEMFD = "memfd"
+SYNC_FILE = "sync_file"
+EVENTFD = "eventfd"
+F_SEAL_SHRINK = 0x2
+
+_dma_buf_devs: dict[int, bool] = {}  # st_dev -> is the dma-buf filesystem
+_fstat = os.fstat
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+
+
+def _stat(fd: int) -> os.stat_result:
+    try:
+        return _fstat(fd)
+    except OverflowError:
+        raise invalid(f"fd {fd} is out of range") from None
+    except OSError as exc:
+        raise error(exc.errno or E.EBADF, f"fd {fd}") from None
+
+
+def buffer_kind(fd: int) -> tuple[str, int]:
+    """(DMA_BUF or MEMFD, size in bytes) of a buffer fd; InvalidArgumentError for any
+    other file, including a memfd that may still shrink (mapping it could SIGBUS)."""
+    st = _stat(fd)
+    fmt = st.st_mode & _S_IFMT
+    if fmt == 0:  # pseudo files: dma-bufs, anon inodes, ...
+        dev = st.st_dev
+        is_dma_buf = _dma_buf_devs.get(dev)
+        if is_dma_buf is None:
+            is_dma_buf = _dma_buf_devs[dev] = _ops.fs_magic(fd) == _ops.DMA_BUF_MAGIC
+        if is_dma_buf:
+            return DMA_BUF, st.st_size
+    elif fmt == _S_IFREG:
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = 0
+        if seals & F_SEAL_SHRINK:
+            return MEMFD, st.st_size
+        raise invalid(f"fd {fd} is a regular file but not a memfd sealed against shrinking "
+                      "(F_SEAL_SHRINK): mapping it could fault if it shrank")
+    raise invalid(f"fd {fd} is not a dma-buf or a sealed memfd ({_describe(fd)})")
+
+
+def fence_kind(fd: int) -> str:
+    """SYNC_FILE or EVENTFD; InvalidArgumentError for any other file."""
+    link = _describe(fd)
+    if link == "anon_inode:sync_file":
+        return SYNC_FILE
+    if link == "anon_inode:[eventfd]":
+        return EVENTFD
+    raise invalid(f"fd {fd} is not a sync_file or a fallback fence (an eventfd): {link}")
+
+
+def _describe(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise error(exc.errno if exc.errno != E.ENOENT else E.EBADF, f"fd {fd}") from None
