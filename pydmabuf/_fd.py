@@ -1,11 +1,21 @@
 """The fd-owning base class shared by Heap, Buffer and SyncFile.
 
 Ownership rules (after trio's ``_FdHolder``): the object owns exactly one fd; ``close``
-sets the attribute to -1 *before* calling ``os.close`` so that no path can close the
-same number twice (it may already belong to someone else); every method of a closed
-object raises :class:`~pydmabuf.errors.ClosedError` without touching the old number;
-the finalizer only closes. A plain ``__del__`` is the cheapest finalizer CPython has,
-which keeps object creation on hot paths (allocate, export) free of weakref churn.
+marks it closed (``_fd = -1``) *before* anything else, so no new operation can start;
+every method of a closed object raises :class:`~pydmabuf.errors.ClosedError` without
+touching the old number; the finalizer only closes.
+
+Threads (after Go's fdMutex): an operation *holds* the fd for its duration, and
+``close()`` from another thread releases the number only once the last hold is
+released, so an operation can never act on a file that reused the number. The
+protocol needs no lock, only operations CPython makes atomic:
+
+- hold: append self to ``_held``, *then* read ``_fd`` (so a close that sets ``_fd`` to
+  -1 afterwards sees the hold);
+- release: remove self from ``_held``; if the object is closed meanwhile, finish;
+- close: set ``_fd`` to -1, then finish unless a hold is outstanding;
+- finish: pop the number out of the one-element ``_cell`` list, so exactly one of the
+  racing closers and releasers calls ``os.close``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,12 @@ from .errors import closed, invalid
 
 _Self = TypeVar("_Self", bound="FdHolder")
 
+# Objects with an operation in flight, once per hold. Usually empty; a hold is a list
+# append and remove, which the GIL (or the list's own lock) makes atomic.
+_held: list[FdHolder] = []
+hold_append = _held.append
+hold_remove = _held.remove
+
 # Hooks that close() runs before closing, for the (rare) objects an asyncio waiter is
 # watching. Kept outside the objects so creation costs nothing and close() pays one
 # global truth test while nothing waits anywhere.
@@ -28,14 +44,16 @@ _close_hooks: dict[FdHolder, list[Callable[[], None]]] = {}
 
 
 class FdHolder:
-    __slots__ = ("_fd", "__weakref__")
+    __slots__ = ("_fd", "_cell", "__weakref__")
     _kind = "fd"
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._cell = [fd]
 
     def fileno(self) -> int:
-        """The fd number (for poll/select/asyncio); raises if closed."""
+        """The fd number (for poll/select/asyncio); raises if closed. The number is
+        only valid while this object is open: don't use it across a close()."""
         fd = self._fd
         if fd < 0:
             raise closed(self._kind)
@@ -45,20 +63,48 @@ class FdHolder:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def close(self) -> None:
-        """Close the fd; calling it again does nothing."""
+    # --- holds -------------------------------------------------------------------
+    def _hold(self) -> int:
+        """Start an operation: the fd, which stays open until ``_release``."""
+        hold_append(self)
         fd = self._fd
-        if fd >= 0:
+        if fd < 0:
+            self._release()
+            raise closed(self._kind)
+        return fd
+
+    def _release(self) -> None:
+        hold_remove(self)
+        if self._fd < 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self in _held:
+            return  # the last release finishes
+        try:
+            fd = self._cell.pop()
+        except IndexError:
+            return  # someone else closed the number (or it was detached)
+        os.close(fd)
+
+    # --- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        """Close the fd; calling it again does nothing. If another thread is inside an
+        operation on this object, the number is released when that operation ends."""
+        if self._fd >= 0:
             self._fd = -1
             if _close_hooks:
                 _run_close_hooks(self)
-            os.close(fd)
+            self._finish()
 
     def detach(self) -> int:
         """Give up ownership: return the fd and leave this object closed."""
-        fd = self.fileno()
+        self.fileno()
         self._fd = -1
-        return fd
+        try:
+            return self._cell.pop()
+        except IndexError:
+            raise closed(self._kind) from None
 
     def __enter__(self: _Self) -> _Self:
         self.fileno()
@@ -73,12 +119,13 @@ class FdHolder:
         self.close()
 
     def __del__(self) -> None:
-        fd = getattr(self, "_fd", -1)
-        if fd >= 0:
+        # No hold can be outstanding: _held would keep the object alive.
+        cell = getattr(self, "_cell", None)
+        if cell:
             self._fd = -1
             try:  # noqa: SIM105 - plain try: contextlib may be gone at interpreter exit
-                os.close(fd)
-            except OSError:
+                os.close(cell.pop())
+            except (OSError, IndexError):
                 pass
 
 
@@ -106,6 +153,9 @@ def dup_cloexec(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
 
 
+FD_MAX = 2**31 - 1
+
+
 def as_fd(obj: object) -> int:
     """Accept an int fd or anything with ``fileno()`` (the linuxpy convention)."""
     if isinstance(obj, int) and not isinstance(obj, bool):
@@ -115,6 +165,8 @@ def as_fd(obj: object) -> int:
         if fileno is None:
             raise invalid(f"expected an fd or an object with fileno(), got {type(obj).__name__}")
         fd = fileno()
-    if fd < 0:
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise invalid(f"fileno() returned {type(fd).__name__}, not an int")
+    if not 0 <= fd <= FD_MAX:
         raise invalid(f"invalid fd {fd}")
     return fd

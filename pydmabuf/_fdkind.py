@@ -1,5 +1,5 @@
 """What an fd is, decided from the fd itself: a dma-buf (any exporter), a sync_file,
-or the fallback's stand-ins (a sealed memfd, an eventfd). The answer picks the
+or the fallback's stand-ins (a sealed memfd, a socketpair end). The answer picks the
 backend whose semantics apply, whatever allocators this machine has.
 
 Cheap by design, since ``Buffer.from_fd`` and ``recv`` run it on every fd: one
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as E
 import fcntl
 import os
+import socket
 import stat
 
 from . import _ops
@@ -20,7 +21,7 @@ from .errors import error, invalid
 DMA_BUF = "dma-buf"
 MEMFD = "memfd"
 SYNC_FILE = "sync_file"
-EVENTFD = "eventfd"
+FALLBACK_FENCE = "fallback fence"  # one end of an AF_UNIX seqpacket socketpair
 F_SEAL_SHRINK = 0x2
 
 _dma_buf_devs: dict[int, bool] = {}  # st_dev -> is the dma-buf filesystem
@@ -63,17 +64,30 @@ def buffer_kind(fd: int) -> tuple[str, int]:
 
 
 def fence_kind(fd: int) -> str:
-    """SYNC_FILE or EVENTFD; InvalidArgumentError for any other file."""
+    """SYNC_FILE or FALLBACK_FENCE; InvalidArgumentError for any other file."""
     link = _describe(fd)
     if link == "anon_inode:sync_file":
         return SYNC_FILE
-    if link == "anon_inode:[eventfd]":
-        return EVENTFD
-    raise invalid(f"fd {fd} is not a sync_file or a fallback fence (an eventfd): {link}")
+    if link.startswith("socket:") and is_fallback_fence(fd):
+        return FALLBACK_FENCE
+    raise invalid(f"fd {fd} is not a sync_file or a fallback fence: {link}")
+
+
+def is_fallback_fence(fd: int) -> bool:
+    """Whether ``fd`` is a socket of the fallback fences' kind (AF_UNIX, SEQPACKET)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except (OSError, ValueError, OverflowError):
+        return False
+    try:
+        return sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET
+    finally:
+        sock.detach()
 
 
 def _describe(fd: int) -> str:
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError as exc:
-        raise error(exc.errno if exc.errno != E.ENOENT else E.EBADF, f"fd {fd}") from None
+        code = exc.errno or E.EBADF
+        raise error(E.EBADF if code == E.ENOENT else code, f"fd {fd}") from None

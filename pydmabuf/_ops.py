@@ -1,6 +1,7 @@
 """The ops layer: one free function per kernel operation, on plain int fds.
 
-Each function issues the ioctl through cffi, retries EINTR (and EAGAIN where the
+Each function issues the ioctl (the hot ones through ``fcntl.ioctl`` with packed
+structs, the cheapest call CPython has; the rest through cffi), retries EINTR (and EAGAIN where the
 kernel uses it for "try again"), and turns a failure into a :mod:`pydmabuf.errors`
 exception carrying errno. Nothing here owns an fd or knows about backends; hints
 that need context (which heap, which device) are added by the caller through
@@ -10,6 +11,7 @@ that need context (which heap, which device) are added by the caller through
 from __future__ import annotations
 
 import errno as E
+import fcntl
 import os
 import struct
 
@@ -66,22 +68,22 @@ EXPORT_ARG = _packed("=Ii", "struct dma_buf_export_sync_file")
 
 # --- dma-buf ---------------------------------------------------------------------------
 
-# The kernel only reads this struct, so one shared instance per flag value is safe
-# across threads and saves an allocation on the hottest path (cpu_access).
-_SYNC_ARGS = {
-    flags: ffi.new("struct dma_buf_sync *", {"flags": flags})
-    for flags in range(_ffi.lib.DMA_BUF_SYNC_VALID_FLAGS_MASK + 1)
-}
+_fioctl = fcntl.ioctl
 _SYNC = _ffi.DMA_BUF_IOCTL_SYNC
+# The kernel only reads this struct: one packed argument per valid flag value.
+_SYNC_ARGS = {flags: SYNC_ARG.pack(flags) for flags in range(1, 8) if flags & 3}
 
 
 def dma_buf_sync(fd: int, flags: int) -> None:
     arg = _SYNC_ARGS.get(flags)
     if arg is None:
         raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
-    while _ioctl(fd, _SYNC, arg) < 0:
-        if ffi.errno not in _RETRY:
-            raise fail("DMA_BUF_IOCTL_SYNC")
+    while True:
+        try:
+            _fioctl(fd, _SYNC, arg)
+            return
+        except OSError as exc:
+            retry_or_raise(exc, "DMA_BUF_IOCTL_SYNC")
 
 
 def dma_buf_set_name(fd: int, name: bytes) -> None:
@@ -90,15 +92,20 @@ def dma_buf_set_name(fd: int, name: bytes) -> None:
 
 
 _EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
+# EXPORT_SYNC_FILE's input is only the flags: one packed argument per flag value.
+_EXPORT_ARGS = {flags: EXPORT_ARG.pack(flags, -1) for flags in (1, 2, 3)}
+_unpack_export = EXPORT_ARG.unpack
 
 
 def dma_buf_export_sync_file(fd: int, flags: int) -> int:
-    arg = ffi.new("struct dma_buf_export_sync_file *")
-    arg.flags = flags
-    while _ioctl(fd, _EXPORT, arg) < 0:
-        if ffi.errno not in _RETRY:
-            raise fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
-    return arg.fd  # type: ignore[no-any-return]
+    arg = _EXPORT_ARGS.get(flags)
+    if arg is None:
+        raise error(E.EINVAL, f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE flags {flags:#x}")
+    while True:
+        try:
+            return _unpack_export(_fioctl(fd, _EXPORT, arg))[1]  # type: ignore[no-any-return]
+        except OSError as exc:
+            retry_or_raise(exc, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
 
 
 def dma_buf_import_sync_file(fd: int, sync_fd: int, flags: int) -> None:
@@ -109,19 +116,19 @@ def dma_buf_import_sync_file(fd: int, sync_fd: int, flags: int) -> None:
 # --- dma-heap ------------------------------------------------------------------------
 
 _ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
+_pack_alloc = ALLOC_ARG.pack
+_unpack_alloc = ALLOC_ARG.unpack
 
 
 def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None,
                heap_flags: int = 0) -> int:
-    # A fresh, zeroed struct every call: the kernel rejects a non-zero input fd field.
-    arg = ffi.new("struct dma_heap_allocation_data *")
-    arg.len = length
-    arg.fd_flags = fd_flags
-    arg.heap_flags = heap_flags
-    while _ioctl(heap_fd, _ALLOC, arg) < 0:
-        if ffi.errno not in _RETRY:
-            raise fail("DMA_HEAP_IOCTL_ALLOC", hints)
-    return arg.fd  # type: ignore[no-any-return]
+    # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
+    arg = _pack_alloc(length, 0, fd_flags, heap_flags)
+    while True:
+        try:
+            return _unpack_alloc(_fioctl(heap_fd, _ALLOC, arg))[1]  # type: ignore[no-any-return]
+        except OSError as exc:
+            retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
 
 
 # --- udmabuf -------------------------------------------------------------------------

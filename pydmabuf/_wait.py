@@ -51,6 +51,17 @@ def remaining_ms(until: float | None) -> int | None:
     return 0 if ms < 0 else ms if ms < _MAX_MS else _MAX_MS
 
 
+def remaining_s(until: float | None) -> float:
+    """epoll.poll()'s timeout for a wait ending at ``until``: -1 blocks, capped."""
+    if until is None:
+        return -1.0
+    left = until - _monotonic()
+    return 0.0 if left < 0 else left if left < _MAX_S else _MAX_S
+
+
+_MAX_S = _MAX_MS / 1000
+
+
 def expired(until: float | None) -> bool:
     return until is not None and _monotonic() >= until
 

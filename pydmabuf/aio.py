@@ -10,38 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
-import math
 import os
 import select
 import threading
 
 from . import _wait
-from ._fd import FdHolder, add_close_hook, dup_cloexec, remove_close_hook
-from .errors import ClosedError, error, timed_out
+from ._fd import FdHolder, add_close_hook, remove_close_hook
+from .errors import ClosedError, timed_out
 
 
 def _closed_while_waiting(what: str) -> ClosedError:
     return ClosedError(E.EBADF, f"{what}: the object was closed while a coroutine waited on it")
 
 
-async def wait_fd(owner: FdHolder, fd: int, events: int, fd_is_new: bool,
-                  timeout: float | None, what: str) -> None:
-    """Wait on the running loop until ``fd`` reports ``events`` (POLLIN or POLLOUT).
-    ``owner`` is the object whose close() aborts the wait; a new fd is closed here."""
+async def wait_fd(owner: FdHolder, fd: int, events: int, timeout: float | None, what: str) -> None:
+    """Wait on the running loop until ``fd`` (this waiter's own, closed here) reports
+    ``events`` (POLLIN or POLLOUT). ``owner`` is the object whose close() aborts it."""
     try:
+        until = _wait.deadline(timeout, what)
         if _wait.ready(fd, events):  # no loop round trip for a signaled fence
             return
-        if timeout is not None:
-            if timeout < 0 or math.isnan(timeout):
-                raise error(E.EINVAL, f"{what}: timeout must be >= 0 or None")
-            if timeout == 0:
-                raise timed_out(what)
-        if not fd_is_new:
-            fd, fd_is_new = dup_cloexec(fd), True
-        await _wait_on_loop(owner, fd, events, timeout, what)
+        if until is not None and _wait.expired(until):
+            raise timed_out(what)
+        await _wait_on_loop(owner, fd, events, None if until is None else timeout, what)
     finally:
-        if fd_is_new:
-            os.close(fd)
+        os.close(fd)
 
 
 async def _wait_on_loop(owner: FdHolder, fd: int, events: int, timeout: float | None,

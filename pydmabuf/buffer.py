@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import errno as E
 import mmap
-import os
 
-from . import _wait
 from ._access import CpuAccess
-from ._fd import FdHolder, as_fd, dup_cloexec
-from .backends import Backend, get_backend
-from .errors import READONLY_MAP_HINT, closed, error, invalid
+from ._fd import FdHolder, as_fd, dup_cloexec, hold_append
+from .backends import Backend, buffer_backend, get_backend
+from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid
 from .info import BufferInfo
 from .syncfile import SyncFile
 
@@ -25,6 +24,14 @@ def _direction(read: bool, write: bool) -> int:
     return flags
 
 
+def encode_name(name: object) -> bytes:
+    """A buffer name as the kernel takes it: str, at most 31 UTF-8 bytes, no NUL."""
+    raw = check_name(name).encode("utf-8", "surrogateescape")
+    if len(raw) > NAME_MAX or b"\0" in raw:
+        raise invalid(f"buffer names are at most {NAME_MAX} bytes without NUL: {name!r}")
+    return raw
+
+
 class Mapping(mmap.mmap):
     """A shared CPU mapping of a buffer. Supports the buffer protocol
     (``memoryview(m)``, ``numpy.frombuffer(m, ...)`` without copying); read-only
@@ -37,27 +44,47 @@ class Mapping(mmap.mmap):
         return f"<pydmabuf.Mapping {state}>"
 
 
-class Buffer(FdHolder):
-    """An owned dma-buf fd (on the fallback backend, a memfd) of a fixed size."""
+def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
+    """A Buffer owning ``fd``, filled without an ``__init__`` frame (hot paths)."""
+    buf = _new(Buffer)
+    buf._fd = fd
+    buf._cell = [fd]
+    buf._size = size
+    buf._offset = offset
+    buf._backend = backend
+    return buf
 
-    __slots__ = ("_backend", "_size", "_offset", "_access")
+
+class Buffer(FdHolder):
+    """An owned dma-buf fd (on the fallback backend, a memfd) of a fixed size.
+
+    Thread-safe in the sense of :mod:`pydmabuf._fd`: any method may run while another
+    thread closes the buffer; it then either completes on this buffer's file or raises
+    ClosedError, never touching a file that reused the number."""
+
+    __slots__ = ("_backend", "_size", "_offset")
     _kind = "Buffer"
 
     def __init__(self, fd: int, size: int, backend: Backend, offset: int = 0) -> None:
         self._fd = fd
+        self._cell = [fd]
         self._size = size
         self._offset = offset  # where the buffer starts inside fd (fallback udmabufs)
         self._backend = backend
-        self._access: CpuAccess | None = None
 
     @classmethod
     def from_fd(cls, fd: int, *, own: bool = True, backend: str | Backend | None = None) -> Buffer:
-        """Wrap an existing buffer fd; rejects fds that are not buffers of the backend.
-        ``own=False`` dups it and leaves your fd alone."""
+        """Wrap an existing buffer fd: any dma-buf (kernel semantics, whatever exported
+        it) or a fallback memfd sealed against shrinking (fallback semantics).
+        ``backend`` only double-checks which one you expect. ``own=False`` dups it and
+        leaves your fd alone."""
         fd = as_fd(fd)
-        b = get_backend(backend)
-        size, offset = b.check_buffer(fd)
-        return cls(fd if own else dup_cloexec(fd), size, b, offset)
+        found, size = buffer_backend(fd)
+        if backend is not None and get_backend(backend) is not found:
+            what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
+            raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
+                          f"{' (not a dma-buf)' if found.name != 'kernel' else ''}")
+        return new_buffer(fd if own else dup_cloexec(fd), size, found)
 
     @classmethod
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> Buffer:
@@ -85,13 +112,19 @@ class Buffer(FdHolder):
     @property
     def name(self) -> str | None:
         """The name as the kernel reports it now (None if never set)."""
-        return self._backend.buffer_name(self.fileno())
+        fd = self._hold()
+        try:
+            return self._backend.buffer_name(fd)
+        finally:
+            self._release()
 
     def set_name(self, name: str) -> None:
-        raw = name.encode("utf-8")
-        if len(raw) > NAME_MAX or b"\0" in raw:
-            raise invalid(f"buffer names are at most {NAME_MAX} bytes without NUL: {name!r}")
-        self._backend.set_name(self.fileno(), raw)
+        raw = encode_name(name)
+        fd = self._hold()
+        try:
+            self._backend.set_name(fd, raw)
+        finally:
+            self._release()
 
     def _named(self, name: str | None) -> Buffer:
         """This new buffer, named; closed again if the name is refused."""
@@ -104,49 +137,79 @@ class Buffer(FdHolder):
         return self
 
     def info(self) -> BufferInfo:
-        return self._backend.buffer_info(self.fileno(), self._size)
+        fd = self._hold()
+        try:
+            return self._backend.buffer_info(fd, self._size)
+        finally:
+            self._release()
 
     def dup(self) -> Buffer:
-        return Buffer(dup_cloexec(self.fileno()), self._size, self._backend, self._offset)
+        fd = self._hold()
+        try:
+            return new_buffer(dup_cloexec(fd), self._size, self._backend, self._offset)
+        finally:
+            self._release()
 
     # --- CPU access --------------------------------------------------------------
     def map(self, *, write: bool = True) -> Mapping:
         """Map the whole buffer shared (MAP_PRIVATE is refused by exporters)."""
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-        fd = self.fileno()
+        fd = self._hold()
         try:
             return Mapping(fd, self._size, mmap.MAP_SHARED, prot, offset=self._offset)
         except PermissionError as exc:
-            raise error(exc.errno or 13, "mmap", READONLY_MAP_HINT if write else None) from None
+            raise error(exc.errno or E.EACCES, "mmap", READONLY_MAP_HINT if write else None) from None
         except OSError as exc:
-            raise error(exc.errno or 22, "mmap") from None
+            raise error(exc.errno or E.EINVAL, "mmap") from None
+        finally:
+            self._release()
 
     def cpu_access(self, read: bool = True, write: bool = True, timeout: float | None = None) -> CpuAccess:
         """Bracket CPU access to the mapping; ``timeout`` bounds the wait for the
         buffer's implicit fences (TimeoutError), which SYNC START alone never does."""
-        if read and write and timeout is None:
-            access = self._access
-            if access is None:
-                access = self._access = self._backend.cpu_access(self, READ | WRITE, None)
-            return access
-        return self._backend.cpu_access(self, _direction(read, write), timeout)
+        access = _new(CpuAccess)
+        access._buffer = self
+        access._flags = READ | WRITE if read is True and write is True else _direction(read, write)
+        if timeout is not None:
+            from ._wait import deadline
+
+            deadline(timeout, "cpu_access")  # reject a bad timeout here, not at `with`
+        access._timeout = timeout
+        return access
 
     def begin_cpu_access(self, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC START alone; pair with ``end_cpu_access``."""
-        self._backend.sync(self.fileno(), _direction(read, write))
+        flags = _direction(read, write)
+        fd = self._hold()
+        try:
+            self._backend.sync(fd, flags)
+        finally:
+            self._release()
 
     def end_cpu_access(self, read: bool = True, write: bool = True) -> None:
-        self._backend.sync(self.fileno(), _direction(read, write) | END)
+        flags = _direction(read, write) | END
+        fd = self._hold()
+        try:
+            self._backend.sync(fd, flags)
+        finally:
+            self._release()
 
     # --- implicit fences ---------------------------------------------------------
     def export_sync_file(self, *, read: bool = True, write: bool = True) -> SyncFile:
         """A snapshot of the fences a reader (read only) or writer must wait for."""
-        fd = self._fd
-        if fd < 0:
-            raise closed("Buffer")
-        backend = self._backend
+        flags = READ | WRITE if read is True and write is True else _direction(read, write)
+        hold_append(self)
+        try:
+            fd = self._fd
+            if fd < 0:
+                raise closed("Buffer")
+            backend = self._backend
+            new = backend.export_sync_file(fd, flags)
+        finally:
+            self._release()
         fence = _new(SyncFile)  # hot path: no __init__ frame
-        fence._fd = backend.export_sync_file(fd, READ | WRITE if read and write else _direction(read, write))
+        fence._fd = new
+        fence._cell = [new]
         fence._backend = backend
         return fence
 
@@ -155,24 +218,40 @@ class Buffer(FdHolder):
         or, with ``write=False``, a read fence (only writers wait)."""
         if not isinstance(sync_file, SyncFile):
             raise invalid(f"import_sync_file() needs a SyncFile, got {type(sync_file).__name__}")
-        self._backend.import_sync_file(self.fileno(), sync_file.fileno(), WRITE if write else READ)
+        if sync_file._backend is not self._backend:
+            raise invalid(f"a {sync_file._backend.name} fence cannot be attached to a "
+                          f"{self._backend.name} buffer")
+        fd = self._hold()
+        try:
+            sync_fd = sync_file._hold()
+            try:
+                self._backend.import_sync_file(fd, sync_fd, WRITE if write else READ)
+            finally:
+                sync_file._release()
+        finally:
+            self._release()
 
     def wait(self, *, write: bool = False, timeout: float | None = None) -> None:
         """Wait until a reader (default) or a writer (``write=True``) may proceed."""
-        fd, events, new = self._backend.implicit_fence(self.fileno(), write)
+        fd = self._hold()
         try:
-            _wait.wait_fd(fd, events, timeout, "Buffer.wait")
+            self._backend.wait_idle(fd, write, timeout, "Buffer.wait")
         finally:
-            if new:
-                os.close(fd)
+            self._release()
 
     async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> None:
         """``await`` version of ``wait`` on the running asyncio loop; ClosedError if
         the buffer is closed meanwhile; cancelling the task stops watching."""
         from . import aio  # asyncio is imported only by programs that use it
 
-        fd, events, new = self._backend.implicit_fence(self.fileno(), write)
-        await aio.wait_fd(self, fd, events, new, timeout, "Buffer.wait_async")
+        fd = self._hold()
+        try:  # an fd of our own to watch, taken while the buffer's number is held
+            watch, events, new = self._backend.implicit_fence(fd, write)
+            if not new:
+                watch = dup_cloexec(watch)
+        finally:
+            self._release()
+        await aio.wait_fd(self, watch, events, timeout, "Buffer.wait_async")
 
     def __repr__(self) -> str:
         if self._fd < 0:

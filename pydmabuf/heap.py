@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno as E
 import os
 
-from ._fd import FdHolder
+from ._fd import FdHolder, hold_append
 from ._memfd import PAGE_SIZE
 from .backends import Backend, get_backend
-from .buffer import Buffer
-from .errors import closed, error, invalid
+from .buffer import Buffer, new_buffer
+from .errors import check_name, closed, error, invalid
 
 
 def heaps(*, backend: str | Backend | None = None) -> list[str]:
@@ -23,7 +23,7 @@ def _physical_memory() -> int:
 
 _MEMORY = _physical_memory()
 _PAGE_MASK = PAGE_SIZE - 1
-_new = object.__new__
+NAME_MAX = 255  # a file name
 
 
 def check_size(size: object) -> int:
@@ -43,11 +43,16 @@ class Heap(FdHolder):
 
     def __init__(self, name: str = "system", *, backend: str | Backend | None = None) -> None:
         self._fd = -1
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise invalid(f"invalid heap name {name!r}")
+        self._cell: list[int] = []
+        check_name(name, "heap name")
+        if not name or "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > NAME_MAX:
+            raise invalid(f"invalid heap name {name!r}: a file name in /dev/dma_heap, "
+                          f"at most {NAME_MAX} bytes")
         self._backend = get_backend(backend)
         self._name = name
-        self._fd = self._backend.open_heap(name)
+        fd = self._backend.open_heap(name)
+        self._cell = [fd]
+        self._fd = fd
 
     @property
     def name(self) -> str:
@@ -65,17 +70,18 @@ class Heap(FdHolder):
             # an oversized request makes the OOM killer pick some other process.
             raise error(E.ENOMEM, f"allocating {size} bytes from heap {self._name!r}",
                         f"larger than this machine's {_MEMORY} bytes of memory")
-        heap_fd = self._fd
-        if heap_fd < 0:
-            raise closed("Heap")
-        backend = self._backend
-        # Hot path: fill the slots directly instead of paying for an __init__ frame.
-        buf = _new(Buffer)
-        buf._fd = backend.allocate(heap_fd, self._name, size)
-        buf._size = (size + _PAGE_MASK) & ~_PAGE_MASK
-        buf._backend = backend
-        buf._offset = 0
-        buf._access = None
+        if name is not None:
+            check_name(name)
+        hold_append(self)
+        try:
+            heap_fd = self._fd
+            if heap_fd < 0:
+                raise closed("Heap")
+            backend = self._backend
+            fd = backend.allocate(heap_fd, self._name, size)
+        finally:
+            self._release()
+        buf = new_buffer(fd, (size + _PAGE_MASK) & ~_PAGE_MASK, backend)
         return buf if name is None else buf._named(name)
 
     def __repr__(self) -> str:

@@ -6,10 +6,23 @@ import os
 from collections.abc import Iterable
 
 from . import _wait
-from ._fd import FdHolder, as_fd, dup_cloexec
-from .backends import Backend, get_backend
-from .errors import invalid
+from ._fd import FdHolder, as_fd, dup_cloexec, hold_append
+from .backends import Backend, fence_backend, get_backend
+from .errors import check_name, closed, invalid
 from .info import SyncFileInfo
+
+_new = object.__new__
+_ready = _wait.ready
+_POLLIN = _wait.POLLIN
+
+
+def new_sync_file(fd: int, backend: Backend) -> SyncFile:
+    """A SyncFile owning ``fd``, filled without an ``__init__`` frame (hot paths)."""
+    fence = _new(SyncFile)
+    fence._fd = fd
+    fence._cell = [fd]
+    fence._backend = backend
+    return fence
 
 
 class SyncFile(FdHolder):
@@ -20,15 +33,19 @@ class SyncFile(FdHolder):
 
     def __init__(self, fd: int, backend: Backend) -> None:
         self._fd = fd
+        self._cell = [fd]
         self._backend = backend
 
     @classmethod
     def from_fd(cls, fd: int, *, own: bool = True, backend: str | Backend | None = None) -> SyncFile:
-        """Wrap an existing sync-file fd. ``own=False`` dups it and leaves yours alone."""
+        """Wrap an existing fence fd: a sync_file (kernel semantics) or a fallback fence.
+        ``backend`` only double-checks which one you expect. ``own=False`` dups it and
+        leaves yours alone."""
         fd = as_fd(fd)
-        b = get_backend(backend)
-        b.check_sync_file(fd)
-        return cls(fd if own else dup_cloexec(fd), b)
+        found = fence_backend(fd)
+        if backend is not None and get_backend(backend) is not found:
+            raise invalid(f"fd {fd} is a {found.name} fence, not a {get_backend(backend).name} one")
+        return new_sync_file(fd if own else dup_cloexec(fd), found)
 
     @classmethod
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> SyncFile:
@@ -51,12 +68,24 @@ class SyncFile(FdHolder):
     @property
     def signaled(self) -> bool:
         """True once the fence has signaled (never blocks)."""
-        return _wait.ready(self.fileno(), _wait.POLLIN)
+        hold_append(self)
+        try:
+            fd = self._fd
+            if fd < 0:
+                raise closed("SyncFile")
+            return _ready(fd, _POLLIN)
+        finally:
+            self._release()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until signaled; raise TimeoutError after ``timeout`` seconds.
-        The deadline holds across signal interruptions."""
-        _wait.wait_fd(self.fileno(), _wait.POLLIN, timeout, "SyncFile.wait")
+        The deadline holds across signal interruptions. A close() from another thread
+        meanwhile takes effect when the wait returns."""
+        fd = self._hold()
+        try:
+            _wait.wait_fd(fd, _POLLIN, timeout, "SyncFile.wait")
+        finally:
+            self._release()
 
     async def wait_async(self, timeout: float | None = None) -> None:
         """``await`` until signaled, on the running asyncio loop (other tasks keep
@@ -64,19 +93,36 @@ class SyncFile(FdHolder):
         closed meanwhile; cancelling the task stops watching the fd."""
         from . import aio  # asyncio is imported only by programs that use it
 
-        await aio.wait_fd(self, self.fileno(), _wait.POLLIN, False, timeout, "SyncFile.wait_async")
+        fd = self._hold()
+        try:
+            watch = dup_cloexec(fd)  # the waiter's own: close() can't pull it away
+        finally:
+            self._release()
+        await aio.wait_fd(self, watch, _POLLIN, timeout, "SyncFile.wait_async")
 
     def merge(self, other: SyncFile, *, name: str = "merged") -> SyncFile:
         """A new fence that signals when both this and ``other`` have."""
         if not isinstance(other, SyncFile):
             raise invalid(f"merge() needs a SyncFile, got {type(other).__name__}")
-        return SyncFile(self._backend.merge(self.fileno(), other.fileno(), name), self._backend)
+        check_name(name)
+        if other._backend is not self._backend:
+            raise invalid(f"cannot merge a {self._backend.name} fence with a {other._backend.name} one")
+        fd = self._hold()
+        try:
+            other_fd = other._hold()
+            try:
+                return new_sync_file(self._backend.merge(fd, other_fd, name), self._backend)
+            finally:
+                other._release()
+        finally:
+            self._release()
 
     @classmethod
     def merge_all(cls, fences: Iterable[SyncFile], *, name: str = "merged") -> SyncFile:
         """One new fence that signals when every one of ``fences`` has (at least one).
         Merges pairwise as a balanced tree, closing the intermediate fences, so the
         kernel's deduplication keeps every step small. The inputs stay open."""
+        check_name(name)
         level = list(fences)
         if not level:
             raise invalid("merge_all() needs at least one SyncFile")
@@ -104,18 +150,32 @@ class SyncFile(FdHolder):
                 f.close()
 
     def info(self) -> SyncFileInfo:
-        name, status, fences = self._backend.sync_file_info(self.fileno())
+        fd = self._hold()
+        try:
+            name, status, fences = self._backend.sync_file_info(fd)
+        finally:
+            self._release()
         return SyncFileInfo(name, status, tuple(fences))
 
     def set_deadline(self, deadline_ns: int) -> None:
         """Hint the fence's driver: wanted by CLOCK_MONOTONIC ``deadline_ns`` (Linux 6.8+;
         UnsupportedError before)."""
-        if deadline_ns < 0:
-            raise invalid("deadline_ns must be >= 0")
-        self._backend.set_deadline(self.fileno(), deadline_ns)
+        if not isinstance(deadline_ns, int) or isinstance(deadline_ns, bool):
+            raise TypeError(f"deadline_ns must be an int, got {type(deadline_ns).__name__}")
+        if not 0 <= deadline_ns < 2**64:
+            raise invalid(f"deadline_ns must be in 0..2**64-1, got {deadline_ns}")
+        fd = self._hold()
+        try:
+            self._backend.set_deadline(fd, deadline_ns)
+        finally:
+            self._release()
 
     def dup(self) -> SyncFile:
-        return SyncFile(dup_cloexec(self.fileno()), self._backend)
+        fd = self._hold()
+        try:
+            return new_sync_file(dup_cloexec(fd), self._backend)
+        finally:
+            self._release()
 
     def __repr__(self) -> str:
         if self._fd < 0:

@@ -7,13 +7,21 @@ import os
 from . import _memfd
 from ._fd import as_fd
 from .backends import Backend, get_backend
-from .buffer import Buffer
+from .buffer import Buffer, encode_name, new_buffer
+from .errors import error, invalid
 from .heap import check_size
+
+_U63 = 2**63  # offsets and sizes must fit the kernel's u64 fields as non-negative off_t
 
 
 def udmabuf(size: int, *, name: str | None = None, backend: str | Backend | None = None) -> Buffer:
     """A new udmabuf of ``size`` bytes (rounded up to pages) on a memfd made for it."""
-    size = _memfd.page_round(check_size(size))
+    size = check_size(size)
+    if size >= _U63:
+        raise invalid(f"size {size} is too large")
+    if name is not None:
+        encode_name(name)  # TypeError / InvalidArgumentError before anything is made
+    size = _memfd.page_round(size)
     memfd = _memfd.sealed_memfd(f"pydmabuf-udmabuf:{name or ''}", size, _memfd.F_SEAL_SHRINK)
     try:
         buf = udmabuf_from_ranges([(memfd, 0, size)], backend=backend)
@@ -30,15 +38,32 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
     offset and size must be page-aligned.
     """
     fd = as_fd(memfd)
+    offset = _int(offset, "offset")
     if size is None:
-        size = os.fstat(fd).st_size - offset
+        try:
+            size = os.fstat(fd).st_size - offset
+        except OSError as exc:
+            raise error(exc.errno or 9, f"fstat of memfd {fd}") from None
     return udmabuf_from_ranges([(fd, offset, size)], backend=backend)
 
 
 def udmabuf_from_ranges(ranges: list[tuple[object, int, int]], *,
                         backend: str | Backend | None = None) -> Buffer:
     """One buffer joining several ``(memfd, offset, size)`` ranges (UDMABUF_CREATE_LIST)."""
-    items = [(as_fd(memfd), int(offset), int(size)) for memfd, offset, size in ranges]
+    items = []
+    for item in ranges:
+        if not isinstance(item, tuple) or len(item) != 3:
+            raise invalid(f"each range is a (memfd, offset, size) tuple, got {item!r}")
+        memfd, offset, size = item
+        items.append((as_fd(memfd), _int(offset, "offset"), _int(size, "size")))
     b = get_backend(backend)
     fd, offset, total = b.udmabuf(items)
-    return Buffer(fd, total, b, offset)
+    return new_buffer(fd, total, b, offset)
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid(f"{what} must be an int, got {type(value).__name__}")
+    if not 0 <= value < _U63:
+        raise invalid(f"{what} must be in 0..2**63-1, got {value}")
+    return value

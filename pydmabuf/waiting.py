@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
-import math
 import os
 import select
 import time
 from collections.abc import Iterable
 from types import TracebackType
 
+from . import _wait
 from .buffer import Buffer
 from .errors import closed, error, invalid, timed_out
 from .syncfile import SyncFile
@@ -39,12 +39,8 @@ def poll_target(obj: object, write: bool) -> tuple[int, int, bool]:
     raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
 
 
-def _deadline(timeout: float | None, what: str) -> float | None:
-    if timeout is None:
-        return None
-    if timeout < 0 or math.isnan(timeout):
-        raise error(E.EINVAL, f"{what}: timeout must be >= 0 or None")
-    return time.monotonic() + timeout
+_deadline = _wait.deadline
+_remaining_s = _wait.remaining_s
 
 
 class FenceSet:
@@ -113,8 +109,7 @@ class FenceSet:
         recomputes the time left from the one deadline."""
         entries, by_fd = self._entries, self._by_fd
         while True:
-            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = self._epoll.poll(wait, max(1, len(entries)))
+            ready = self._epoll.poll(_remaining_s(deadline), max(1, len(entries)))
             found = []
             for fd, mask in ready:
                 obj = by_fd[fd]
@@ -153,11 +148,12 @@ class FenceSet:
                     raise timed_out("wait_all")
                 for obj in found:
                     fd = self._entries[obj][1]
-                    self._epoll.modify(fd, 0)
+                    # Unregistered, not modified to 0: epoll reports hang-ups regardless.
+                    self._epoll.unregister(fd)
                     muted.append(fd)
         finally:
             for fd in muted:
-                self._epoll.modify(fd, self._entries[self._by_fd[fd]][2])
+                self._epoll.register(fd, self._entries[self._by_fd[fd]][2])
 
     def close(self) -> None:
         """Release the epoll set and the fds it made; the members stay open."""
@@ -245,8 +241,7 @@ def _block(events: dict[int, int], deadline: float | None, every: bool, what: st
         for fd, ev in pending.items():
             ep.register(fd, ev)
         while True:
-            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = _check(ep.poll(wait, len(pending)), pending, what)
+            ready = _check(ep.poll(_remaining_s(deadline), len(pending)), pending, what)
             found += ready
             if every:
                 for fd in ready:  # done for good: fences signal once

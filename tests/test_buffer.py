@@ -74,11 +74,30 @@ def test_cpu_access_needs_a_direction(heap: pydmabuf.Heap) -> None:
         buf.cpu_access(read=False, write=False)
 
 
-def test_cpu_access_reused_object_is_reentrant_free(heap: pydmabuf.Heap) -> None:
+def test_cpu_access_bracket_is_reusable(heap: pydmabuf.Heap) -> None:
     with heap.allocate(4096) as buf:
-        assert buf.cpu_access() is buf.cpu_access()
-        with buf.cpu_access() as same:
-            assert same is buf
+        access = buf.cpu_access()
+        for _ in range(2):
+            with access as same:
+                assert same is buf
+
+
+def test_dropped_buffer_closes_at_once_after_cpu_access(heap: pydmabuf.Heap) -> None:
+    # No reference cycle between a buffer and its brackets: the fd goes with the last
+    # reference, without waiting for the cycle collector.
+    import gc
+
+    buf = heap.allocate(4096)
+    with buf.cpu_access(), buf.cpu_access(read=True, write=False, timeout=1):
+        pass
+    fd = buf.fileno()
+    gc.disable()
+    try:
+        del buf
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        gc.enable()
 
 
 def test_explicit_begin_end(heap: pydmabuf.Heap) -> None:

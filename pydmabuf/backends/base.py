@@ -9,13 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from .._access import CpuAccess
 from ..info import BufferInfo, FenceInfo
-
-if TYPE_CHECKING:
-    from ..buffer import Buffer
 
 Range = tuple[int, int, int]  # (memfd, offset, size)
 
@@ -45,10 +40,6 @@ class Backend(ABC):
     # The hottest call, DMA_BUF_IOCTL_SYNC: a plain function attribute (fd, flags),
     # so cpu_access pays no extra Python frame.
     sync: Callable[[int, int], None]
-
-    def cpu_access(self, buffer: Buffer, flags: int, timeout: float | None) -> CpuAccess:
-        """The bracket object for ``buffer.cpu_access``; backends may specialise it."""
-        return CpuAccess(buffer, flags, timeout)
 
     # --- buffers -------------------------------------------------------------------
     @abstractmethod
@@ -86,12 +77,18 @@ class Backend(ABC):
     def note_name(self, fd: int, name: bytes) -> None:
         """Remember a name that arrived as data for a received buffer, in this process
         only: a receiver never writes to a file it was sent."""
+        return None
 
     @abstractmethod
     def export_sync_file(self, fd: int, flags: int) -> int: ...
 
     @abstractmethod
     def import_sync_file(self, fd: int, sync_fd: int, flags: int) -> None: ...
+
+    @abstractmethod
+    def wait_idle(self, fd: int, write: bool, timeout: float | None, what: str) -> None:
+        """Wait until a reader (or, with ``write``, a writer) may use the buffer:
+        TimeoutError after ``timeout`` seconds. Opens no fd."""
 
     @abstractmethod
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import errno as E
-import fcntl
 import os
 import select
-from types import TracebackType
-from typing import TYPE_CHECKING
 
-from .. import _fdinfo, _ffi, _ops
-from .._access import CpuAccess
+from .. import _fdinfo, _ops, _wait
 from ..errors import (
     CMA_HINT,
     HEAP_PERMISSION_HINT,
@@ -23,67 +19,14 @@ from ..errors import (
 from ..info import BufferInfo, FenceInfo
 from .base import Backend, Range, TimelineSource
 
-if TYPE_CHECKING:
-    from ..buffer import Buffer
-
 HEAP_DIR = "/dev/dma_heap"
 UDMABUF_DEV = "/dev/udmabuf"
 O_RDWR_CLOEXEC = os.O_RDWR | os.O_CLOEXEC  # O_CLOEXEC alone gives a read-only buffer
 
+_CMA_HINTS = {E.ENOMEM: CMA_HINT}
+_ALLOC_HINTS: dict[str, dict[int, str] | None] = {"system": None}
 _UDMABUF_HINTS = {E.EINVAL: UDMABUF_EINVAL_HINT, E.EACCES: UDMABUF_PERMISSION_HINT,
                   E.EBADFD: "each range needs a memfd (shmem) fd"}
-
-
-_fioctl = fcntl.ioctl
-_SYNC = _ffi.DMA_BUF_IOCTL_SYNC
-_ALLOC = _ffi.DMA_HEAP_IOCTL_ALLOC
-_EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
-_END = 4
-_pack_sync = _ops.SYNC_ARG.pack
-_pack_alloc = _ops.ALLOC_ARG.pack
-_unpack_alloc = _ops.ALLOC_ARG.unpack
-_unpack_export = _ops.EXPORT_ARG.unpack
-# EXPORT_SYNC_FILE's input is only the flags: one packed argument per flag value.
-_EXPORT_ARGS = {flags: _ops.EXPORT_ARG.pack(flags, -1) for flags in (1, 2, 3)}
-
-
-class KernelCpuAccess(CpuAccess):
-    """The bracket with both ioctls inline: the hottest path in the library."""
-
-    __slots__ = ("_start_arg", "_end_arg")
-
-    def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
-        super().__init__(buffer, flags, timeout)
-        self._start_arg = _pack_sync(flags)
-        self._end_arg = _pack_sync(flags | _END)
-
-    def __enter__(self) -> Buffer:
-        buf = self._buffer
-        fd = buf._fd
-        if fd < 0 or self._timeout is not None:
-            return super().__enter__()
-        try:
-            _fioctl(fd, _SYNC, self._start_arg)
-        except OSError as exc:
-            _ops.retry_or_raise(exc, "DMA_BUF_IOCTL_SYNC")
-            _ops.dma_buf_sync(fd, self._flags)
-        return buf
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        fd = self._buffer._fd
-        if fd >= 0:
-            try:
-                _fioctl(fd, _SYNC, self._end_arg)
-            except OSError as err:
-                _ops.retry_or_raise(err, "DMA_BUF_IOCTL_SYNC")
-                _ops.dma_buf_sync(fd, self._flags | _END)
-
-
 
 
 def available() -> bool:
@@ -111,28 +54,10 @@ class KernelBackend(Backend):
         except PermissionError as exc:
             raise error(exc.errno or E.EACCES, f"opening {path}", HEAP_PERMISSION_HINT) from None
 
-    def cpu_access(self, buffer: Buffer, flags: int, timeout: float | None) -> CpuAccess:
-        return KernelCpuAccess(buffer, flags, timeout)
-
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
-        # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
-        arg = _pack_alloc(size, 0, O_RDWR_CLOEXEC, 0)
-        while True:
-            try:
-                return _unpack_alloc(_fioctl(heap_fd, _ALLOC, arg))[1]  # type: ignore[no-any-return]
-            except OSError as exc:
-                hints = {E.ENOMEM: CMA_HINT} if heap_name != "system" else None
-                _ops.retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
+        return _ops.heap_alloc(heap_fd, size, O_RDWR_CLOEXEC, _ALLOC_HINTS.get(heap_name, _CMA_HINTS))
 
-    def export_sync_file(self, fd: int, flags: int) -> int:
-        arg = _EXPORT_ARGS.get(flags)
-        if arg is None:
-            raise error(E.EINVAL, f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE flags {flags:#x}")
-        while True:
-            try:
-                return _unpack_export(_fioctl(fd, _EXPORT, arg))[1]  # type: ignore[no-any-return]
-            except OSError as exc:
-                _ops.retry_or_raise(exc, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE")
+    export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
 
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
         try:
@@ -168,6 +93,9 @@ class KernelBackend(Backend):
         )
 
     import_sync_file = staticmethod(_ops.dma_buf_import_sync_file)
+
+    def wait_idle(self, fd: int, write: bool, timeout: float | None, what: str) -> None:
+        _wait.wait_fd(fd, select.POLLOUT if write else select.POLLIN, timeout, what)
 
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
         # POLLIN: writers done. POLLOUT: everyone done.
