@@ -2,3 +2,5 @@
 int ioctl(int fd, unsigned long request, ...);
 long syscall(long number, ...);
 int fstatfs(int fd, void *buf);
+long recv(int sockfd, void *buf, size_t len, int flags);
+long send(int sockfd, const void *buf, size_t len, int flags);

@@ -2,9 +2,10 @@
 
 A merged fence must be one pollable fd that any process can wait on, and it must
 signal only when *all* its inputs have. Nothing in the kernel offers "all of" on
-eventfds, so this thread watches the inputs with epoll and runs an action (write
-the output eventfd, or drop a buffer's signaled implicit fences) when the last one
-signals. It runs only while something is pending.
+sockets, so this thread watches the inputs with epoll and runs an action (signal
+the output fence, or drop a buffer's signaled implicit fences) when the last one
+signals. It runs only while something is pending. If this process dies first, the
+output's signal end closes with it and the merged fence signals with an error.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import contextlib
 import os
 import select
 import threading
-import time
 from collections.abc import Callable
 
 from .._fd import dup_cloexec
+from . import fallback_fences as fences
 
 
 class _Watch:
-    __slots__ = ("remaining", "action")
+    __slots__ = ("remaining", "action", "owned")
 
-    def __init__(self, remaining: set[int], action: Callable[[], None]) -> None:
+    def __init__(self, remaining: set[int], action: Callable[[], None], owned: int) -> None:
         self.remaining = remaining
         self.action = action
+        self.owned = owned  # an fd the action consumes (a signal end), or -1
 
 
 class Reactor:
@@ -34,21 +36,16 @@ class Reactor:
         self._owner: dict[int, _Watch] = {}  # watched input fd (a private dup) -> its watch
         self._thread: threading.Thread | None = None
 
-    def signal_when_all(self, inputs: list[int], output: int) -> None:
-        """Signal eventfd ``output`` once every fd in ``inputs`` is readable.
-        Works on private dups, so the caller keeps (and may close) its own fds."""
-        out = dup_cloexec(output)
+    def signal_when_all(self, inputs: list[int], signal_end: int) -> None:
+        """Signal the fence whose signal end is ``signal_end`` (which this takes over)
+        once every fd in ``inputs`` is readable. Works on private dups of the inputs,
+        so the caller keeps (and may close) its own fds."""
+        self.when_all(inputs, lambda: fences.signal(signal_end), owned=signal_end)
 
-        def signal_output() -> None:
-            os.eventfd_write(out, time.monotonic_ns())
-            os.close(out)
-
-        self.when_all(inputs, signal_output)
-
-    def when_all(self, inputs: list[int], action: Callable[[], None]) -> None:
+    def when_all(self, inputs: list[int], action: Callable[[], None], owned: int = -1) -> None:
         """Run ``action`` in the reactor thread once every fd in ``inputs`` is readable."""
         dups = {dup_cloexec(fd) for fd in inputs}
-        merge = _Watch(dups, action)
+        merge = _Watch(dups, action, owned)
         with self._lock:
             self._start()
             assert self._epoll is not None
@@ -101,7 +98,8 @@ class Reactor:
     def _after_fork_in_child(self) -> None:
         # The thread did not survive the fork; the parent keeps serving its merges.
         self._lock = threading.Lock()
-        for fd in list(self._owner):
+        owned = {watch.owned for watch in self._owner.values() if watch.owned >= 0}
+        for fd in [*self._owner, *owned]:  # signal ends too: a merge dies with its process
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._owner.clear()

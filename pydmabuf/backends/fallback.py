@@ -1,11 +1,11 @@
-"""Pure-Python emulation: memfd buffers and eventfd fences.
+"""Pure-Python emulation: memfd buffers and socketpair fences.
 
 Buffers are memfds, so they can be mapped, passed to other processes and mapped
-there. A fence is an eventfd that becomes readable (POLLIN) when signaled; the
-value written is the CLOCK_MONOTONIC signal time, read back through fdinfo without
-consuming it. Kernel validation rules (udmabuf seals and alignment, name length,
-sync flags) are applied here too so that code tested on the fallback behaves the
-same on a kernel. What cannot be emulated is listed in the README.
+there. A fence is one end of a socketpair that becomes readable (POLLIN) when
+signaled, or when the process that could signal it dies (see fallback_fences).
+Kernel validation rules (udmabuf seals and alignment, name length, sync flags) are
+applied here too so that code tested on the fallback behaves the same on a kernel.
+What cannot be emulated is listed in the README.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import errno as E
 import os
 import select
 import threading
-import time
 
-from .. import _memfd
+from .. import _memfd, _wait
 from .._fd import dup_cloexec
-from ..errors import error, invalid, unsupported
+from ..errors import error, invalid, timed_out, unsupported
 from ..info import BufferInfo, FenceInfo
+from . import fallback_fences as fences
 from ._reactor import reactor
 from .base import Backend, Range, TimelineSource
 
@@ -29,58 +29,47 @@ SIZE_LIMIT = 64 << 20  # udmabuf's default size_limit_mb
 LIST_LIMIT = 1024  # udmabuf's default list_limit
 NAME_XATTR = "user.pydmabuf.name"
 _READ, _WRITE, _END = 1, 2, 4
-_EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
-
-
-# --- fences -----------------------------------------------------------------------
-
-def new_fence(signaled: bool = False) -> int:
-    fd = os.eventfd(0, _EFD_FLAGS)
-    if signaled:
-        os.eventfd_write(fd, time.monotonic_ns())
-    return fd
-
-
-def fence_signaled(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def fence_timestamp(fd: int) -> int:
-    """The signal time (0 while pending), read from fdinfo so the value stays put."""
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("eventfd-count:"):
-                return int(line.split(":", 1)[1], 16)
-    return 0
-
-
-def signal_fence(fd: int) -> None:
-    os.eventfd_write(fd, time.monotonic_ns())
 
 
 def merged_fence(inputs: list[int]) -> int:
     """A new fence that signals once every fence in ``inputs`` has (kernel merge
     semantics: already-signaled inputs are dropped)."""
-    pending = [fd for fd in inputs if not fence_signaled(fd)]
-    out = new_fence(signaled=not pending)
-    if pending:
-        try:
-            reactor.signal_when_all(pending, out)
-        except BaseException:
-            os.close(out)
-            raise
+    pending = [fd for fd in inputs if not fences.is_signaled(fd)]
+    if not pending:
+        return fences.signaled_fence()
+    if len(pending) == 1:
+        return dup_cloexec(pending[0])  # the same fence: no reactor, no extra fd
+    out, signal_end = fences.new_fence()
+    try:
+        reactor.signal_when_all(pending, signal_end)
+    except BaseException:
+        os.close(out)
+        os.close(signal_end)
+        raise
     return out
 
 
+class _Fence:
+    """A private dup of a fence imported into a buffer. ``users`` counts the waits
+    polling it right now, so pruning never closes a number a waiter is using."""
+
+    __slots__ = ("fd", "write", "users", "done")
+
+    def __init__(self, fd: int, write: bool) -> None:
+        self.fd = fd
+        self.write = write
+        self.users = 0
+        self.done = False
+
+
 class _Implicit:
-    """Per-buffer state the kernel keeps in the dma-buf's reservation object."""
+    """Per-buffer state the kernel keeps in the dma-buf's reservation object. It
+    exists only while a fence is attached or a CPU-access bracket is open."""
 
     __slots__ = ("fences", "depth")
 
     def __init__(self) -> None:
-        self.fences: list[tuple[int, bool]] = []  # (private eventfd dup, is write fence)
+        self.fences: list[_Fence] = []
         self.depth = 0  # open CPU-access brackets
 
 
@@ -89,14 +78,15 @@ class FallbackTimeline(TimelineSource):
 
     def __init__(self) -> None:
         self._value = 0
-        self._pending: list[tuple[int, int]] = []  # (point, private eventfd dup)
+        self._pending: list[tuple[int, int]] = []  # (point, signal end)
         self._lock = threading.Lock()
 
     def fence(self, point: int) -> int:
         with self._lock:
-            fd = new_fence(signaled=point <= self._value)
-            if point > self._value:
-                self._pending.append((point, dup_cloexec(fd)))
+            if point <= self._value:
+                return fences.signaled_fence()
+            fd, signal_end = fences.new_fence()
+            self._pending.append((point, signal_end))
             return fd
 
     def signal(self, point: int) -> None:
@@ -105,17 +95,15 @@ class FallbackTimeline(TimelineSource):
             keep = []
             for entry in self._pending:
                 if entry[0] <= self._value:
-                    signal_fence(entry[1])
-                    os.close(entry[1])
+                    fences.signal(entry[1])
                 else:
                     keep.append(entry)
             self._pending = keep
 
     def close(self) -> None:
         with self._lock:
-            for _point, fd in self._pending:
-                signal_fence(fd)
-                os.close(fd)
+            for _point, signal_end in self._pending:
+                fences.signal(signal_end)
             self._pending = []
 
 
@@ -230,84 +218,128 @@ class FallbackBackend(Backend):
                           inode=st.st_ino, count=_own_references(st.st_ino))
 
     # CPU access and implicit fences -------------------------------------------------
-    def _implicit(self, fd: int) -> _Implicit:
-        key = self._key(fd)
-        state = self._state.get(key)
-        if state is None:
-            state = self._state[key] = _Implicit()
-        return state
+    def _release_state(self, key: tuple[int, int], state: _Implicit) -> None:
+        """Forget a buffer's state once it is back to what a new buffer has (lock held)."""
+        if not state.fences and state.depth == 0 and self._state.get(key) is state:
+            del self._state[key]
 
-    def _pending(self, state: _Implicit, write: bool) -> list[int]:
-        """Pending fences a reader (write=False) or writer must wait for; prunes
-        signaled ones so their private fds are released."""
+    def _pending(self, state: _Implicit, write: bool) -> list[_Fence]:
+        """Pending fences a reader (write=False) or writer must wait for; closes the
+        private fds of signaled ones nobody is polling (lock held)."""
         alive = []
-        for fd, is_write in state.fences:
-            if fence_signaled(fd):
-                os.close(fd)
-            else:
-                alive.append((fd, is_write))
+        for f in state.fences:
+            if not f.done and fences.is_signaled(f.fd):
+                f.done = True
+            if f.done and f.users == 0:
+                os.close(f.fd)
+                continue
+            alive.append(f)
         state.fences = alive
-        return [fd for fd, is_write in alive if write or is_write]
+        return [f for f in alive if not f.done and (write or f.write)]
+
+    def _wait_fences(self, fd: int, write: bool, until: float | None, what: str) -> None:
+        """Wait for the buffer's implicit fences on their private fds: no new fd."""
+        key = self._key(fd)
+        with self._lock:
+            state = self._state.get(key)
+            if state is None:
+                return
+            waits = self._pending(state, write)
+            for f in waits:
+                f.users += 1
+        try:
+            poller = select.poll()
+            for f in waits:
+                poller.register(f.fd, select.POLLIN)
+            left = len(waits)
+            while left:
+                ready = poller.poll(_wait.remaining_ms(until))
+                for ready_fd, _events in ready:
+                    poller.unregister(ready_fd)
+                    left -= 1
+                if left and _wait.expired(until):
+                    raise timed_out(what)
+        finally:
+            with self._lock:
+                for f in waits:
+                    f.users -= 1
+                self._pending(state, True)
+                self._release_state(key, state)
+
+    def wait_idle(self, fd: int, write: bool, timeout: float | None, what: str) -> None:
+        self._wait_fences(fd, write, _wait.deadline(timeout, what), what)
 
     def sync(self, fd: int, flags: int) -> None:
         if flags & ~(_READ | _WRITE | _END) or not flags & (_READ | _WRITE):
             raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
-        with self._lock:
-            state = self._implicit(fd)
-            if flags & _END:
-                if state.depth == 0:
+        key = self._key(fd)
+        if flags & _END:
+            with self._lock:
+                state = self._state.get(key)
+                if state is None or state.depth == 0:
                     raise error(E.EINVAL, "DMA_BUF_IOCTL_SYNC", "END without a matching START")
                 state.depth -= 1
-                return
-            waits = [dup_cloexec(f) for f in self._pending(state, bool(flags & _WRITE))]
-        try:
-            for f in waits:  # START blocks on implicit fences, as in the kernel
-                select.select([f], [], [])
-        finally:
-            for f in waits:
-                os.close(f)
+                self._release_state(key, state)
+            return
+        # START blocks on implicit fences with no limit, as in the kernel.
+        self._wait_fences(fd, bool(flags & _WRITE), None, "DMA_BUF_IOCTL_SYNC")
         with self._lock:
+            state = self._state.get(key)
+            if state is None:
+                state = self._state[key] = _Implicit()
             state.depth += 1
 
     def export_sync_file(self, fd: int, flags: int) -> int:
         if not flags or flags & ~(_READ | _WRITE):
             raise error(E.EINVAL, f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE flags {flags:#x}")
+        key = self._key(fd)
         with self._lock:
-            return merged_fence(self._pending(self._implicit(fd), bool(flags & _WRITE)))
+            state = self._state.get(key)
+            if state is None:
+                return fences.signaled_fence()
+            # merged_fence dups what it keeps, so the private fds may go later.
+            out = merged_fence([f.fd for f in self._pending(state, bool(flags & _WRITE))])
+            self._release_state(key, state)
+            return out
 
     def import_sync_file(self, fd: int, sync_fd: int, flags: int) -> None:
         if not flags or flags & ~(_READ | _WRITE):
             raise error(E.EINVAL, f"DMA_BUF_IOCTL_IMPORT_SYNC_FILE flags {flags:#x}")
-        if not _is_eventfd(sync_fd):
+        if not fences.is_fence(sync_fd):
             raise error(E.EINVAL, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE", "not a sync file")
-        if fence_signaled(sync_fd):
+        if fences.is_signaled(sync_fd):
             return
+        key = self._key(fd)
         with self._lock:
-            state = self._implicit(fd)
-            state.fences.append((dup_cloexec(sync_fd), bool(flags & _WRITE)))
-        # Release our dup as soon as it signals, not at the next access.
-        reactor.when_all([sync_fd], lambda: self._prune(state))
+            state = self._state.get(key)
+            if state is None:
+                state = self._state[key] = _Implicit()
+            self._pending(state, True)
+            state.fences.append(_Fence(dup_cloexec(sync_fd), bool(flags & _WRITE)))
+        # Release the private fd (and maybe the state) as soon as the fence signals,
+        # not at the buffer's next use, which may never come.
+        reactor.when_all([sync_fd], lambda: self._prune(key, state))
 
-    def _prune(self, state: _Implicit) -> None:
+    def _prune(self, key: tuple[int, int], state: _Implicit) -> None:
         with self._lock:
             self._pending(state, True)
+            self._release_state(key, state)
 
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
         return self.export_sync_file(fd, _WRITE if write else _READ), select.POLLIN, True
 
     # sync files ------------------------------------------------------------------
     def check_sync_file(self, fd: int) -> None:
-        if not _is_eventfd(fd):
-            raise invalid(f"fd {fd} is not a fallback sync file (an eventfd)")
+        if not fences.is_fence(fd):
+            raise invalid(f"fd {fd} is not a fallback sync file (an AF_UNIX seqpacket socket)")
 
     def merge(self, fd: int, other_fd: int, name: str) -> int:
-        if not _is_eventfd(other_fd):
+        if not fences.is_fence(other_fd):
             raise error(E.ENOENT, "SYNC_IOC_MERGE", "the other fd is not a sync file")
         return merged_fence([fd, other_fd])
 
     def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]:
-        stamp = fence_timestamp(fd)
-        status = 1 if stamp else 0
+        status, stamp = fences.status(fd)
         return EXPORTER, status, [FenceInfo("fallback", EXPORTER, status, stamp)]
 
     def set_deadline(self, fd: int, deadline_ns: int) -> None:
@@ -315,13 +347,6 @@ class FallbackBackend(Backend):
 
     def timeline(self) -> TimelineSource:
         return FallbackTimeline()
-
-
-def _is_eventfd(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
-    except OSError:
-        return False
 
 
 def _own_references(inode: int) -> int:
