@@ -7,7 +7,7 @@ from types import TracebackType
 
 from .backends import Backend, TimelineSource, get_backend
 from .errors import closed, invalid
-from .syncfile import SyncFile
+from .syncfile import SyncFile, new_sync_file
 
 
 class Timeline:
@@ -41,7 +41,7 @@ class Timeline:
 
     def fence(self, point: int) -> SyncFile:
         _check_point(point)
-        return SyncFile(self._src().fence(point), self._backend)
+        return new_sync_file(self._src().fence(point), self._backend)
 
     def signal(self, point: int | None = None) -> None:
         """Advance to ``point`` (default: value + 1); never moves backwards."""
