@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from . import _wait
+from ._fd import FdHolder
 from .buffer import Buffer
 from .errors import closed, error, invalid, timed_out
 from .syncfile import SyncFile
@@ -182,33 +183,46 @@ class FenceSet:
         return f"<FenceSet {state} write={self._write}>"
 
 
-def _targets(objs: list[object], write: bool) -> tuple[dict[int, int], dict[int, list[int]], list[int]]:
-    """{fd: events}, {fd: positions in objs} and the fds made for this call."""
+def _targets(objs: list[object], write: bool
+             ) -> tuple[dict[int, int], dict[int, list[int]], list[int], list[FdHolder]]:
+    """{fd: events}, {fd: positions in objs}, the fds made for this call and the
+    objects held for it (released by ``_done``: a close() meanwhile can't swap files)."""
     events: dict[int, int] = {}
     at: dict[int, list[int]] = {}
     owned: list[int] = []
+    held: list[FdHolder] = []
     try:
         for i, obj in enumerate(objs):
-            if type(obj) is SyncFile and obj._fd >= 0:  # the common case, inlined
-                fd, ev = obj._fd, _POLLIN
+            if type(obj) is SyncFile:  # the common case, inlined
+                fd, ev = obj._hold(), _POLLIN
+                held.append(obj)
+            elif isinstance(obj, (SyncFile, Buffer)):
+                buf_fd = obj._hold()
+                held.append(obj)
+                if isinstance(obj, SyncFile):
+                    fd, ev = buf_fd, _POLLIN
+                else:
+                    fd, ev, new = obj._backend.implicit_fence(buf_fd, write)
+                    if new:
+                        owned.append(fd)
             else:
-                fd, ev, new = poll_target(obj, write)
-                if new:
-                    owned.append(fd)
+                raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
             if fd in at:
                 at[fd].append(i)
             else:
                 at[fd] = [i]
                 events[fd] = ev
     except BaseException:
-        _close_all(owned)
+        _done(owned, held)
         raise
-    return events, at, owned
+    return events, at, owned, held
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
+def _done(owned: list[int], held: list[FdHolder]) -> None:
+    for fd in owned:
         os.close(fd)
+    for obj in held:
+        obj._release()
 
 
 def _ready_now(events: dict[int, int], what: str) -> list[int]:
@@ -264,11 +278,11 @@ def wait_any(fences: Iterable[Waitable], timeout: float | None = None, *,
     if not objs:
         raise invalid("wait_any() needs at least one fence")
     deadline = _deadline(timeout, "wait_any")
-    events, at, owned = _targets(objs, write)
+    events, at, owned, held = _targets(objs, write)
     try:
         found = _ready_now(events, "wait_any") or _block(events, deadline, False, "wait_any")
     finally:
-        _close_all(owned)
+        _done(owned, held)
     return [objs[i] for i in sorted(i for fd in found for i in at[fd])]  # type: ignore[misc]
 
 
@@ -278,11 +292,11 @@ def wait_all(fences: Iterable[Waitable], timeout: float | None = None, *,
     iterable returns at once. Raises TimeoutError once ``timeout`` seconds have passed."""
     objs: list[object] = list(fences)
     deadline = _deadline(timeout, "wait_all")
-    events, _at, owned = _targets(objs, write)
+    events, _at, owned, held = _targets(objs, write)
     try:
         for fd in _ready_now(events, "wait_all"):
             del events[fd]
         if events:
             _block(events, deadline, True, "wait_all")
     finally:
-        _close_all(owned)
+        _done(owned, held)
