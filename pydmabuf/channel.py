@@ -9,9 +9,20 @@ kernel closes its socket and the producer sees the hangup. A producer that goes
 away ends the stream: consumers get the frames already queued, then ``None`` from
 ``receive``; the frames they hold stay valid and mapped, since they own the fds.
 
+Trust (see the README's "Security model"): a producer admits only consumers of its
+own uid (``allow_uids``/``allow_gids`` widen that) and a consumer accepts only a
+producer of its own uid or root, from SO_PEERCRED, which no peer can forge. A path
+socket is created 0600. Consumers of fallback memfds get read-only fds of files
+sealed against new writers; dma-buf fds keep the exporter's access mode. The
+producer never blocks on a consumer: its sockets are non-blocking, and a consumer
+that falls behind (``max_pending`` frames unreleased, or a full socket) has frames
+skipped for it or is disconnected (``slow_consumer``). What a consumer sends back
+is checked: it can release only frames it holds, and anything else disconnects it.
+
 Messages: producer -> consumer is :mod:`pydmabuf.share` (buffer [, fence]) with
-data ``b"F" + seq`` (+ the caller's ``meta``), or ``b"E"`` for end of stream;
-consumer -> producer is ``b"R" + seq`` (release) or ``b"B"`` (goodbye).
+data ``b"F" + seq`` (+ the caller's ``meta``), ``b"E"`` for end of stream, ``b"X"``
+for "refused" and ``b"K"`` for "disconnected for falling behind"; consumer ->
+producer is ``b"R" + seq`` (release) or ``b"B"`` (goodbye).
 """
 
 from __future__ import annotations
@@ -19,52 +30,81 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno as E
+import fcntl
 import logging
-import math
 import os
 import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import share
+from . import _memfd, share
+from ._wait import deadline, expired, remaining_ms
 from .buffer import Buffer, Mapping
-from .errors import closed, invalid, timed_out
+from .credentials import _ids as _id_set
+from .credentials import check_peer, peer_credentials
+from .errors import Error, PermissionDeniedError, closed, invalid, timed_out
 from .heap import Heap
 from .syncfile import SyncFile
 
-__all__ = ["Consumer", "Event", "Frame", "Producer"]
+__all__ = ["SLOW_CONSUMER_POLICIES", "Consumer", "Event", "Frame", "Producer"]
 
 log = logging.getLogger("pydmabuf.channel")
+SLOW_CONSUMER_POLICIES = ("drop", "disconnect")
 _SEQ = struct.Struct("<Q")
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
-_SEND = int(socket.MSG_NOSIGNAL)
+_POLLIN = select.POLLIN
+_SEND_NOWAIT = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
 _RELEASE = _FRAME = struct.Struct("<cQ")  # b"R" or b"F", then the frame's seq
+_MAX_META = share.MAX_DATA - _FRAME.size
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
 _SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
+_DROP_REPORT_INTERVAL = 1.0  # s: at most one "dropped" event per consumer per interval
+_SOCKET_MODE = 0o600
+_REFUSED, _EVICTED, _END = b"X", b"K", b"E"
+_HOLDS_TOO_MANY = "holds max_pending unreleased frames"
+_SOCKET_FULL = "its socket is full (it stopped reading)"
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something the producer noticed about a consumer. ``kind`` is "connected" or
-    "disconnected"; ``clean`` is False when the consumer went away without saying
-    goodbye (crashed or killed); ``released`` counts the frames that freed."""
+    """Something the producer noticed about a consumer.
+
+    ``kind``: "connected"; "refused" (its uid/gid is not admitted; it got no frame);
+    "disconnected" (``clean`` is False when it went away without a goodbye, crashed,
+    killed or sent garbage; ``reason`` says which); "dropped" (it fell behind and
+    ``dropped`` frames were skipped for it since the last such event, at most one a
+    second); "evicted" (it fell behind under ``slow_consumer="disconnect"``).
+    ``released`` counts the frames a disconnection freed."""
 
     kind: str
     consumer: int
     pid: int
     clean: bool = True
     released: int = 0
+    uid: int = -1
+    dropped: int = 0
+    reason: str = ""
 
     def __str__(self) -> str:
+        who = f"consumer {self.consumer} (pid {self.pid}, uid {self.uid})"
         if self.kind == "connected":
-            return f"consumer {self.consumer} (pid {self.pid}) connected"
-        how = "closed" if self.clean else "died (no goodbye)"
-        return (f"consumer {self.consumer} (pid {self.pid}) {how}; "
-                f"released the {self.released} frame(s) it held")
+            return f"{who} connected"
+        if self.kind == "refused":
+            return f"{who} refused: {self.reason}"
+        if self.kind == "dropped":
+            return f"{who} fell behind ({self.reason}): skipped {self.dropped} frame(s) for it"
+        if self.kind == "evicted":
+            how = f"fell behind ({self.reason}) and was disconnected"
+        elif self.clean:
+            how = "closed"
+        else:
+            how = self.reason or "died (no goodbye)"
+        tail = f"; {self.dropped} more frame(s) had been skipped for it" if self.dropped else ""
+        return f"{who} {how}; released the {self.released} frame(s) it held{tail}"
 
 
 def _address(path: str) -> str:
@@ -72,48 +112,91 @@ def _address(path: str) -> str:
     return "\0" + path[1:] if path.startswith("@") else path
 
 
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if timeout < 0 or math.isnan(timeout):
-        raise invalid("timeout must be >= 0 or None")
-    return time.monotonic() + timeout
-
-
-def _remaining_ms(deadline: float | None) -> int | None:
-    if deadline is None:
-        return None
-    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+def _is_abstract(path: str) -> bool:
+    return path.startswith(("@", "\0"))
 
 
 class _Peer:
-    __slots__ = ("held", "id", "pid", "sock")
+    __slots__ = ("dropped", "fd", "held", "id", "next_drop_report", "pid", "sock", "uid")
 
-    def __init__(self, sock: socket.socket, ident: int) -> None:
+    def __init__(self, sock: socket.socket, ident: int, pid: int, uid: int) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.id = ident
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        self.pid: int = struct.unpack("3i", creds)[0]
+        self.pid = pid
+        self.uid = uid
         self.held: set[int] = set()  # seqs sent and not yet released
+        self.dropped = 0  # frames skipped for it and not yet reported
+        self.next_drop_report = 0.0
+
+
+def _shareable(buffer: Buffer) -> tuple[Buffer, Mapping | None]:
+    """What consumers get for a pool buffer, and the producer's writable mapping.
+
+    A fallback memfd is mapped writable for the producer first, then sealed with
+    F_SEAL_FUTURE_WRITE (no new writable mapping or write() through any fd, not even
+    a read-write reopen of /proc/self/fd/N, while the producer's mapping stays
+    writable), and consumers get an O_RDONLY reopen. A dma-buf cannot be reopened
+    (ENXIO): its access mode is the exporter's, so it goes as it is."""
+    fd = buffer.fileno()
+    seals = _memfd.seals(fd)
+    if seals is None:
+        return buffer, None
+    mapping: Mapping | None = None
+    try:
+        mapping = buffer.map()
+    except OSError:
+        log.debug("pool buffer fd %d cannot be mapped writable; left unsealed", fd)
+    if mapping is not None and not seals & _memfd.F_SEAL_FUTURE_WRITE:
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _memfd.F_SEAL_FUTURE_WRITE)
+        except OSError as exc:  # F_SEAL_SEAL set, or a kernel before 5.1
+            log.debug("cannot seal pool buffer fd %d against writers: %s", fd, exc)
+    try:
+        ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:  # no /proc: consumers get the producer's fd
+        log.debug("cannot reopen pool buffer fd %d read-only: %s", fd, exc)
+        return buffer, mapping
+    return Buffer(ro, buffer.size, buffer._backend, buffer._offset), mapping
 
 
 class Producer:
     """Serves frames to consumers that ``Consumer.connect(path)``; a ``path`` starting
-    with "@" is an abstract socket name (no file to clean up).
+    with "@" is an abstract socket name (no file to clean up), any other path a socket
+    file created owner-only (0600).
 
     Give it ``buffers`` to own, or ``size`` and ``count`` to allocate from ``heap``
-    (default: the "system" heap of the default backend). It owns and closes them.
-    Single-threaded: every call services connections and releases first.
+    (default: the "system" heap of the default backend). It owns and closes them;
+    write frames through ``mapping(buf)`` (fallback buffers refuse new writers once
+    the producer has them).
+
+    Who may connect: consumers running as this process's effective uid, any uid in
+    ``allow_uids`` or primary gid in ``allow_gids``; others get no frame, their
+    ``receive()`` raises PermissionDeniedError, and ``events`` records "refused".
+
+    A consumer falls behind when it holds ``max_pending`` frames (default: half the
+    pool, so a stalled consumer leaves the other half to the rest) or its socket is
+    full. ``slow_consumer="drop"`` skips frames for it until it catches up;
+    ``"disconnect"`` drops its connection, releasing what it held. ``submit`` never
+    blocks. ``max_pending=count`` delivers every frame to every consumer: the slowest
+    then paces ``acquire``.
+
+    Single-threaded: call ``acquire``, ``submit`` or ``poll`` to let it notice
+    consumers and releases. After ``close()`` every method raises ClosedError.
     """
 
     def __init__(self, path: str, *, size: int = 0, count: int = 4, heap: Heap | None = None,
-                 buffers: Sequence[Buffer] | None = None) -> None:
+                 buffers: Sequence[Buffer] | None = None, allow_uids: Iterable[int] | None = None,
+                 allow_gids: Iterable[int] | None = None, max_pending: int | None = None,
+                 slow_consumer: str = "drop") -> None:
         self._listener: socket.socket | None = None
         self._buffers: list[Buffer] = []
+        self._shared: list[Buffer] = []  # what consumers get: read-only where possible
         self._maps: list[Mapping | None] = []
         self._peers: dict[int, _Peer] = {}
         self._frames: dict[int, list[int]] = {}  # seq -> [buffer index, holders left]
         self._index: dict[int, int] = {}  # id(buffer) -> pool index
+        self._acquired = bytearray()  # per pool index: 1 from acquire() until submit()
         self._free: collections.deque[int] = collections.deque()
         self._seq = 0
         self._next_peer = 0
@@ -122,22 +205,58 @@ class Producer:
         self._event_count = 0
         self._next_service = 0.0
         self.path = path
+        if slow_consumer not in SLOW_CONSUMER_POLICIES:
+            raise invalid(f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}, got {slow_consumer!r}")
+        self.slow_consumer = slow_consumer
+        self._allow_uids = _id_set(allow_uids, "allow_uids")
+        self._allow_gids = _id_set(allow_gids, "allow_gids")
         try:
             self._buffers = list(buffers) if buffers is not None else self._allocate(size, count, heap)
             if not self._buffers:
                 raise invalid("a Producer needs at least one buffer")
-            self._maps = [None] * len(self._buffers)
+            self.max_pending = self._pending_limit(max_pending, len(self._buffers))
             self._index = {id(b): i for i, b in enumerate(self._buffers)}
+            self._acquired = bytearray(len(self._buffers))
+            for b in self._buffers:
+                shared, mapping = _shareable(b)
+                self._shared.append(shared)
+                self._maps.append(mapping)
             self._free.extend(range(len(self._buffers)))
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            self._listener = listener
-            listener.bind(_address(path))
-            listener.listen(16)
-            listener.setblocking(False)
-            self._poll.register(listener, select.POLLIN)
+            self._listener = self._listen(path)
+            self._poll.register(self._listener, _POLLIN)
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _pending_limit(max_pending: int | None, count: int) -> int:
+        if max_pending is None:
+            return max(1, count // 2)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+            raise TypeError(f"max_pending must be an int or None, got {type(max_pending).__name__}")
+        if max_pending < 1:
+            raise invalid(f"max_pending must be >= 1, got {max_pending}")
+        return max_pending
+
+    @staticmethod
+    def _listen(path: str) -> socket.socket:
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, got {type(path).__name__}")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            if not _is_abstract(path):
+                # bind() creates the file with the socket inode's mode minus the umask:
+                # 0600 here means it is never wider than owner-only, whatever the umask.
+                os.fchmod(listener.fileno(), _SOCKET_MODE)
+            listener.bind(_address(path))
+            if not _is_abstract(path) and os.stat(path).st_mode & 0o777 != _SOCKET_MODE:
+                os.chmod(path, _SOCKET_MODE)  # a umask took owner bits; nobody can connect yet
+            listener.listen(16)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        return listener
 
     @staticmethod
     def _allocate(size: int, count: int, heap: Heap | None) -> list[Buffer]:
@@ -160,6 +279,10 @@ class Producer:
 
     # --- state -----------------------------------------------------------------
     @property
+    def closed(self) -> bool:
+        return self._listener is None
+
+    @property
     def consumers(self) -> int:
         return len(self._peers)
 
@@ -181,6 +304,8 @@ class Producer:
         return m
 
     def _slot(self, buffer: Buffer) -> int:
+        if self._listener is None:
+            raise closed("Producer")
         i = self._index.get(id(buffer))
         if i is None:
             raise invalid("that buffer does not belong to this producer")
@@ -191,7 +316,7 @@ class Producer:
         """Service connections and releases for up to ``timeout`` seconds (0: what is
         pending); returns the events that happened meanwhile (also kept in ``events``)."""
         before = self._event_count
-        self._service(_remaining_ms(_deadline(timeout)))
+        self._service(remaining_ms(deadline(timeout, "Producer.poll")))
         new = min(self._event_count - before, len(self.events))
         return list(self.events)[len(self.events) - new:] if new else []
 
@@ -207,7 +332,7 @@ class Producer:
             peer = self._peers.get(fd)
             if peer is None:
                 continue
-            if revents & select.POLLIN:
+            if revents & _POLLIN:
                 self._read(peer)
             elif revents & _HANGUP:
                 self._drop(peer, clean=False)
@@ -219,34 +344,54 @@ class Producer:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
                 return
-            sock.setblocking(True)
+            except OSError as exc:  # EMFILE and friends: the next poll retries
+                log.warning("producer %s: accept failed: %s", self.path, exc)
+                return
+            sock.setblocking(False)  # submit() must never wait on a consumer
             self._next_peer += 1
-            peer = _Peer(sock, self._next_peer)
-            self._peers[sock.fileno()] = peer
-            self._poll.register(sock, select.POLLIN)
-            self._event(Event("connected", peer.id, peer.pid))
+            try:
+                creds = check_peer(sock, allow_uids=self._allow_uids, allow_gids=self._allow_gids)
+            except PermissionDeniedError:
+                self._refuse(sock, self._next_peer)
+                continue
+            peer = _Peer(sock, self._next_peer, creds.pid, creds.uid)
+            self._peers[peer.fd] = peer
+            self._poll.register(sock, _POLLIN)
+            self._event(Event("connected", peer.id, peer.pid, uid=peer.uid))
+
+    def _refuse(self, sock: socket.socket, ident: int) -> None:
+        creds = peer_credentials(sock)
+        with contextlib.suppress(OSError):  # tell it why, so it need not guess
+            share.send(sock, data=_REFUSED)
+        sock.close()
+        self._event(Event("refused", ident, creds.pid, clean=False, uid=creds.uid,
+                          reason=f"uid {creds.uid} gid {creds.gid} is not admitted "
+                                 "(the producer admits its own uid, allow_uids and allow_gids)"))
 
     def _read(self, peer: _Peer) -> None:
         # One message per readiness report: poll() again is cheaper than the
         # BlockingIOError a non-blocking read-until-empty ends with.
         try:
             msg = peer.sock.recv(64)
-        except ConnectionResetError:
-            # The peer closed with frames unread: the kernel reports that once, ahead
-            # of what it queued before closing (maybe a goodbye); the next poll reads on.
+        except (BlockingIOError, ConnectionResetError):
+            # Reset: the peer closed with frames unread; the kernel reports that once,
+            # ahead of what it queued before closing (maybe a goodbye); poll reads on.
             return
         except OSError:
             msg = b""
-        if len(msg) == 1 + _SEQ.size and msg[0] == 0x52:  # b"R": a release
+        if len(msg) == _RELEASE.size and msg[0] == 0x52:  # b"R": a release
             seq = _SEQ.unpack_from(msg, 1)[0]
             held = peer.held
-            if seq in held:
+            if seq in held:  # only frames it holds: no consumer frees another's frame
                 held.discard(seq)
                 self._unhold(seq)
         elif msg == b"B":
             self._drop(peer, clean=True)
         elif not msg:
             self._drop(peer, clean=False)
+        else:
+            self._drop(peer, clean=False, reason=f"sent an invalid message ({len(msg)} bytes) "
+                                                 "and was disconnected")
 
     def _unhold(self, seq: int) -> None:
         entry = self._frames[seq]
@@ -255,15 +400,30 @@ class Producer:
             del self._frames[seq]
             self._free.append(entry[0])
 
-    def _drop(self, peer: _Peer, *, clean: bool) -> None:
-        del self._peers[peer.sock.fileno()]
-        self._poll.unregister(peer.sock)
+    def _drop(self, peer: _Peer, *, clean: bool, reason: str = "", kind: str = "disconnected") -> None:
+        del self._peers[peer.fd]
+        self._poll.unregister(peer.fd)
         peer.sock.close()
         released = len(peer.held)
         for seq in peer.held:
             self._unhold(seq)
         peer.held.clear()
-        self._event(Event("disconnected", peer.id, peer.pid, clean, released))
+        self._event(Event(kind, peer.id, peer.pid, clean, released, peer.uid, peer.dropped, reason))
+
+    def _behind(self, peer: _Peer, why: str) -> None:
+        """``peer`` cannot take this frame now: apply the slow-consumer policy."""
+        if self.slow_consumer == "disconnect":
+            with contextlib.suppress(OSError):  # say why, if its socket has room
+                share.send(peer.sock, data=_EVICTED)
+            self._drop(peer, clean=False, reason=why, kind="evicted")
+            return
+        peer.dropped += 1
+        now = time.monotonic()
+        if now >= peer.next_drop_report:
+            peer.next_drop_report = now + _DROP_REPORT_INTERVAL
+            self._event(Event("dropped", peer.id, peer.pid, False, uid=peer.uid, dropped=peer.dropped,
+                              reason=why))
+            peer.dropped = 0
 
     def _event(self, event: Event) -> None:
         self.events.append(event)
@@ -272,84 +432,124 @@ class Producer:
 
     # --- producing -------------------------------------------------------------
     def wait_for_consumers(self, n: int = 1, timeout: float | None = None) -> None:
-        deadline = _deadline(timeout)
+        """Wait until ``n`` admitted consumers are connected (TimeoutError after
+        ``timeout`` seconds; None waits forever)."""
+        until = deadline(timeout, "wait_for_consumers")
         self._service(0)
         while len(self._peers) < n:
-            if deadline is not None and time.monotonic() >= deadline:
+            if expired(until):
                 raise timed_out(f"waiting for {n} consumer(s), {len(self._peers)} connected")
-            self._service(_remaining_ms(deadline))
+            self._service(remaining_ms(until))
 
     def acquire(self, timeout: float | None = None) -> Buffer:
         """A buffer no consumer holds, to fill and ``submit``. Waits for releases
-        (TimeoutError after ``timeout`` seconds)."""
+        (TimeoutError after ``timeout`` seconds; None waits forever)."""
         free = self._free
-        if free:
-            if time.monotonic() < self._next_service:
-                # Connections were serviced moments ago: releases and newcomers can
-                # wait, as in a hand-written loop.
-                return self._buffers[free.popleft()]
-            self._service(0)
-            if free:
-                return self._buffers[free.popleft()]
-        deadline = _deadline(timeout)
+        # Connections serviced moments ago: releases and newcomers can wait, as in a
+        # hand-written loop.
+        if not free or time.monotonic() >= self._next_service:
+            self._wait_free(timeout)
+        elif timeout is not None:
+            deadline(timeout, "acquire")  # the same argument check as when waiting
+        i = free.popleft()
+        self._acquired[i] = 1
+        return self._buffers[i]
+
+    def _wait_free(self, timeout: float | None) -> None:
+        until = deadline(timeout, "acquire")
+        self._service(0)
+        free = self._free
         while not free:
-            if deadline is not None and time.monotonic() >= deadline:
+            if expired(until):
                 raise timed_out(f"acquire: all {len(self._buffers)} buffers are held by consumers")
-            self._service(_remaining_ms(deadline))
-        return self._buffers[free.popleft()]
+            self._service(remaining_ms(until))
 
     def submit(self, buffer: Buffer, fence: SyncFile | None = None, *, meta: bytes = b"") -> int:
-        """Send an acquired buffer to every connected consumer; ``fence`` (kept by you)
-        signals when its contents are ready. Returns how many consumers got it; with
-        none, the buffer goes straight back to the pool."""
+        """Send a buffer from ``acquire`` to every connected consumer that keeps up;
+        ``fence`` (kept by you) signals when its contents are ready. Returns how many
+        consumers got it; with none, the buffer goes straight back to the pool.
+        Never blocks: a consumer that cannot take it now has fallen behind (see the
+        class doc)."""
         i = self._index.get(id(buffer))
         if i is None:
-            i = self._slot(buffer)  # raises
+            i = self._slot(buffer)  # raises: not ours, or closed
+        if not self._acquired[i]:
+            raise invalid("submit() takes a buffer from acquire(), once")
+        if fence is not None:
+            if not isinstance(fence, SyncFile):
+                raise invalid(f"fence must be a SyncFile, got {type(fence).__name__}")
+            fence.fileno()  # ClosedError now, not from the middle of the consumers
+        if len(meta) > _MAX_META:
+            raise invalid(f"meta is at most {_MAX_META} bytes, got {len(meta)}")
+        self._acquired[i] = 0
         self._seq = seq = self._seq + 1
         data = _FRAME.pack(b"F", seq)
         if meta:
             data += meta
+        shared = self._shared[i]
         send = share.send
+        limit = self.max_pending
         sent = 0
-        for peer in tuple(self._peers.values()):  # a copy: a failed send drops the peer
-            try:
-                if fence is None:
-                    send(peer.sock, buffer, data=data)
-                else:
-                    send(peer.sock, buffer, fence, data=data)
-            except _GONE:
-                self._drop(peer, clean=False)
-                continue
-            peer.held.add(seq)
-            sent += 1
-        if sent:
-            self._frames[seq] = [i, sent]
-        else:
-            self._free.append(i)
+        try:
+            for peer in tuple(self._peers.values()):  # a copy: a failed send drops the peer
+                held = peer.held
+                if len(held) >= limit:
+                    self._behind(peer, _HOLDS_TOO_MANY)
+                    continue
+                try:
+                    if fence is None:
+                        send(peer.sock, shared, data=data)
+                    else:
+                        send(peer.sock, shared, fence, data=data)
+                except _GONE:
+                    self._drop(peer, clean=False)
+                    continue
+                except BlockingIOError:
+                    self._behind(peer, _SOCKET_FULL)
+                    continue
+                except Error:
+                    raise  # ours, not the consumer's
+                except OSError as exc:  # ETOOMANYREFS (fds piling up unread), ENOBUFS, ...
+                    self._behind(peer, f"send failed: {exc.strerror}")
+                    continue
+                held.add(seq)
+                sent += 1
+        finally:
+            if sent:
+                self._frames[seq] = [i, sent]
+            else:
+                self._free.append(i)
         return sent
 
     # --- lifetime ----------------------------------------------------------------
     def close(self) -> None:
         """Tell every consumer the stream ended, then close sockets and buffers.
-        Buffers consumers still hold stay valid on their side."""
+        Buffers consumers still hold stay valid on their side. Idempotent."""
         for peer in list(self._peers.values()):
-            with contextlib.suppress(OSError):
-                share.send(peer.sock, data=b"E")
+            with contextlib.suppress(OSError):  # non-blocking: a full socket just hears EOF
+                share.send(peer.sock, data=_END)
             peer.sock.close()
         self._peers.clear()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            if not _address(self.path).startswith("\0"):
+            if not _is_abstract(self.path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
         for m in self._maps:
             if m is not None:
                 m.close()
         self._maps = []
+        for shared, b in zip(self._shared, self._buffers, strict=False):  # shorter if __init__ failed
+            if shared is not b:
+                shared.close()
+        self._shared = []
         for b in self._buffers:
             b.close()
         self._buffers = []
+        self._index = {}
+        self._free.clear()
+        self._frames.clear()
 
     def __enter__(self) -> Producer:
         return self
@@ -425,52 +625,103 @@ class Frame:
 
 class Consumer:
     """The receiving end: ``receive()`` returns Frames, then None at end of stream;
-    ``end_reason`` then says whether the producer closed the stream or vanished."""
+    ``end_reason`` then says whether the producer closed the stream, vanished or
+    disconnected this consumer for falling behind. A producer that refused this
+    consumer makes ``receive()`` raise PermissionDeniedError (and never sends a frame).
+
+    ``Consumer(sock)`` wraps a connected socket you trust (check it with
+    :func:`pydmabuf.credentials.check_peer`); ``connect`` checks the producer itself.
+    After ``close()``, ``receive`` and ``fileno`` raise ClosedError."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock: socket.socket | None = sock
+        self._poller = select.poll()
+        self._poller.register(sock, _POLLIN)
+        self._producer = "the producer"
+        self._refused = False
         self.end_reason: str | None = None
 
     @classmethod
-    def connect(cls, path: str, *, timeout: float | None = 5.0) -> Consumer:
-        """Connect to a producer's ``path``, retrying until it listens or ``timeout``."""
-        deadline = _deadline(timeout)
+    def connect(cls, path: str, *, timeout: float | None = 5.0,
+                allow_uids: Iterable[int] | None = None) -> Consumer:
+        """Connect to a producer's ``path``, retrying until it listens or ``timeout``
+        (TimeoutError). The producer must run as this process's effective uid, as
+        root, or as a uid in ``allow_uids``; else PermissionDeniedError."""
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, got {type(path).__name__}")
+        until = deadline(timeout, "Consumer.connect")
+        uids = _id_set(allow_uids, "allow_uids")
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
+                sock.setblocking(False)  # a full backlog is EAGAIN, not an endless wait
                 sock.connect(_address(path))
-                return cls(sock)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
+            except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as exc:
                 sock.close()
-                if deadline is not None and time.monotonic() >= deadline:
+                if expired(until):
                     raise timed_out(f"connecting to producer at {path!r} ({exc.strerror})") from None
                 time.sleep(0.005)
+                continue
             except BaseException:
                 sock.close()
                 raise
+            try:
+                sock.setblocking(True)
+                cls._check_producer(sock, path, uids)
+                consumer = cls(sock)
+            except BaseException:
+                sock.close()
+                raise
+            consumer._producer = f"the producer at {path!r}"
+            return consumer
+
+    @staticmethod
+    def _check_producer(sock: socket.socket, path: str, uids: frozenset[int]) -> None:
+        try:
+            check_peer(sock, allow_uids=uids, allow_root=True)
+        except PermissionDeniedError:
+            creds = peer_credentials(sock)
+            raise PermissionDeniedError(
+                E.EACCES,
+                f"Consumer.connect: the producer at {path!r} (pid {creds.pid}) runs as uid {creds.uid}, "
+                f"not as this process's uid {os.geteuid()} or root; it could be anyone's "
+                f"(pass allow_uids=[{creds.uid}] to Consumer.connect to trust it)") from None
 
     @property
     def ended(self) -> bool:
         return self.end_reason is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
 
     def fileno(self) -> int:
         if self._sock is None:
             raise closed("Consumer")
         return self._sock.fileno()
 
+    def _refusal(self) -> PermissionDeniedError:
+        return PermissionDeniedError(
+            E.EACCES,
+            f"Consumer.receive: {self._producer} refused this consumer (uid {os.geteuid()}, "
+            f"gid {os.getegid()}) and sends it nothing (a producer admits its own uid only; start it "
+            f"with allow_uids=[{os.geteuid()}] or allow_gids=[{os.getegid()}] to admit this one)")
+
     def receive(self, timeout: float | None = None) -> Frame | None:
-        """The next frame; None once the stream has ended (see ``end_reason``)."""
+        """The next frame; None once the stream has ended (see ``end_reason``).
+        TimeoutError after ``timeout`` seconds (None waits forever)."""
         sock = self._sock
         if sock is None:
             raise closed("Consumer")
         if self.end_reason is not None:
+            if self._refused:
+                raise self._refusal()
             return None
         if timeout is not None:
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            deadline = _deadline(timeout)
-            while not poller.poll(_remaining_ms(deadline)):
-                if time.monotonic() >= deadline:  # type: ignore[operator]
+            until = deadline(timeout, "Consumer.receive")
+            poll = self._poller.poll
+            while not poll(remaining_ms(until)):
+                if expired(until):
                     raise timed_out("Consumer.receive")
         try:
             try:
@@ -488,9 +739,19 @@ class Consumer:
                 and (n == 1 or type(objects[1]) is SyncFile):
             return Frame(self, _FRAME.unpack_from(data)[1], objects[0],
                          objects[1] if n == 2 else None, data[_FRAME.size:])  # type: ignore[arg-type]
-        if data == b"E" and not objects:
-            self.end_reason = "the producer ended the stream"
-            return None
+        if not objects:
+            if data == _END:
+                self.end_reason = "the producer ended the stream"
+                return None
+            if data == _EVICTED:
+                self.end_reason = ("the producer disconnected this consumer for falling behind "
+                                   "(frames held unreleased, or not read fast enough)")
+                log.warning("consumer: %s", self.end_reason)
+                return None
+            if data == _REFUSED:
+                self.end_reason = f"{self._producer} refused this consumer"
+                self._refused = True
+                raise self._refusal()
         for obj in objects:
             obj.close()
         raise share.ProtocolError(E.EPROTO, "not a channel frame")
@@ -499,10 +760,14 @@ class Consumer:
         sock = self._sock
         if sock is None or self.end_reason is not None:
             return
-        try:  # noqa: SIM105 - per-frame path; suppress() costs a context manager
-            sock.send(_RELEASE.pack(b"R", seq), _SEND)
+        try:
+            sock.send(_RELEASE.pack(b"R", seq), _SEND_NOWAIT)
         except _GONE:
             pass  # the producer is gone; receive() reports it
+        except BlockingIOError:
+            # The producer has not read hundreds of releases: it is stuck, and a
+            # release must not make us wait for it. It keeps that buffer until we close.
+            log.warning("consumer: the producer is not reading releases; frame %d stays held", seq)
 
     def close(self) -> None:
         """Say goodbye (the producer releases whatever this consumer still holds) and
@@ -512,7 +777,7 @@ class Consumer:
             return
         if self.end_reason is None:
             with contextlib.suppress(OSError):
-                sock.send(b"B", _SEND)
+                sock.send(b"B", _SEND_NOWAIT)
         sock.close()
 
     def __enter__(self) -> Consumer:
@@ -521,4 +786,3 @@ class Consumer:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
