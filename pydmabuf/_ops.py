@@ -17,16 +17,22 @@ import struct
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .errors import error
+from .errors import ENOTTY_HINTS, error
 
 Hints = dict[int, str]
 _ioctl = lib.ioctl
 _RETRY = (E.EINTR, E.EAGAIN)
 
 
+def _hint(code: int, what: str, hints: Hints | None) -> str | None:
+    if hints and code in hints:
+        return hints[code]
+    return ENOTTY_HINTS.get(what) if code == E.ENOTTY else None
+
+
 def fail(what: str, hints: Hints | None = None, code: int | None = None) -> OSError:
     code = ffi.errno if code is None else code
-    return error(code, what, hints.get(code) if hints else None)
+    return error(code, what, _hint(code, what, hints))
 
 
 def ioctl(fd: int, request: int, arg: object, what: str, hints: Hints | None = None) -> int:
@@ -44,7 +50,7 @@ def retry_or_raise(exc: OSError, what: str, hints: Hints | None = None) -> None:
     (EINTR/EAGAIN), else raise the library's error for it."""
     code = exc.errno or E.EIO
     if code not in _RETRY:
-        raise error(code, what, hints.get(code) if hints else None) from None
+        raise error(code, what, _hint(code, what, hints)) from None
 
 
 # --- hot-path argument layouts ------------------------------------------------------

@@ -8,13 +8,14 @@ import mmap
 from ._access import CpuAccess
 from ._fd import FdHolder, as_fd, dup_cloexec, hold_append
 from .backends import Backend, buffer_backend, get_backend
-from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid
+from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
 from .syncfile import SyncFile
 
 READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
 _new = object.__new__
 NAME_MAX = 31  # DMA_BUF_NAME_LEN minus the NUL
+_UNSUPPORTED = (524, E.EOPNOTSUPP)  # ENOTSUPP is kernel-internal: no errno name in Python
 
 
 def _direction(read: bool, write: bool) -> int:
@@ -160,7 +161,11 @@ class Buffer(FdHolder):
         except PermissionError as exc:
             raise error(exc.errno or E.EACCES, "mmap", READONLY_MAP_HINT if write else None) from None
         except OSError as exc:
-            raise error(exc.errno or E.EINVAL, "mmap") from None
+            code = exc.errno or E.EINVAL
+            hint = None
+            if code in _UNSUPPORTED:  # ENOTSUPP/EOPNOTSUPP: the exporter has no mmap
+                hint = unmappable_hint(self._backend.buffer_info(fd, self._size).exporter)
+            raise error(code, "mmap", hint) from None
         finally:
             self._release()
 

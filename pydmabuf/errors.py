@@ -72,6 +72,7 @@ _BY_ERRNO: dict[int, type[Error]] = {
     E.EBADFD: BadFileError,
     E.ENOTTY: UnsupportedError,
     E.EOPNOTSUPP: UnsupportedError,
+    524: UnsupportedError,  # ENOTSUPP, the kernel-internal "not supported" exporters return
     E.ENOSYS: UnsupportedError,
 }
 
@@ -79,7 +80,7 @@ _BY_ERRNO: dict[int, type[Error]] = {
 def error(code: int, what: str, hint: str | None = None) -> Error:
     """The exception for errno ``code`` raised by operation ``what``."""
     cls = _BY_ERRNO.get(code, Error)
-    message = f"{what}: {os.strerror(code)}"
+    message = f"{what}: {os.strerror(code) if code != 524 else 'Operation not supported (ENOTSUPP)'}"
     if hint:
         message += f" ({hint})"
     return cls(code, message)
@@ -120,6 +121,27 @@ UDMABUF_EINVAL_HINT = (
     "total within /sys/module/udmabuf/parameters/size_limit_mb"
 )
 READONLY_MAP_HINT = "the buffer was exported read-only; map it with write=False"
+
+
+def unmappable_hint(exporter: str) -> str:
+    """Why a dma-buf cannot be mapped, naming who exported it."""
+    if exporter == "nv_dmabuf":
+        return ("nv_dmabuf (CUDA) buffers cannot be CPU-mapped; copy through CUDA "
+                "(cuMemcpyDtoH) or import the dma-buf into another device instead")
+    return (f"the exporter {exporter or '(unknown)'!r} does not support CPU mapping of its "
+            "dma-bufs; copy through the device's own API")
+
+
+# Which kernel added each ioctl, for the hint on ENOTTY.
+ENOTTY_HINTS = {
+    "DMA_BUF_IOCTL_SYNC": "DMA_BUF_IOCTL_SYNC needs Linux 4.6",
+    "DMA_BUF_SET_NAME": "buffer names need Linux 5.3",
+    "DMA_BUF_IOCTL_EXPORT_SYNC_FILE": "needs Linux 6.0 built with CONFIG_SYNC_FILE (not Debian's cloud kernels)",
+    "DMA_BUF_IOCTL_IMPORT_SYNC_FILE": "needs Linux 6.0 built with CONFIG_SYNC_FILE (not Debian's cloud kernels)",
+    "SYNC_IOC_MERGE": "sync_file merge needs Linux 4.7 with CONFIG_SYNC_FILE",
+    "SYNC_IOC_FILE_INFO": "sync_file info needs Linux 4.7 with CONFIG_SYNC_FILE",
+    "SYNC_IOC_SET_DEADLINE": "fence deadlines need Linux 6.8",
+}
 
 
 def check_name(name: object, what: str = "name") -> str:

@@ -73,14 +73,38 @@ _NO_DEVICES = (
 )
 
 
-def test_kernel_requested_without_devices_never_falls_back() -> None:
-    out = _python(_NO_DEVICES + "print(pydmabuf.backend)", PYDMABUF_BACKEND="kernel")
+def test_kernel_requested_without_dma_buf_never_falls_back() -> None:
+    no_dma_buf = _NO_DEVICES + "k.has_dma_buf = lambda: False; "
+    out = _python(no_dma_buf + "print(pydmabuf.backend)", PYDMABUF_BACKEND="kernel")
     assert out.returncode != 0
-    assert "UnsupportedError" in out.stderr and "/dev/udmabuf" in out.stderr
-    out = _python(_NO_DEVICES + "pydmabuf.Heap()", PYDMABUF_BACKEND="kernel")
+    assert "UnsupportedError" in out.stderr and "CONFIG_DMA_SHARED_BUFFER" in out.stderr
+    out = _python(no_dma_buf + "pydmabuf.Heap()", PYDMABUF_BACKEND="kernel")
     assert out.returncode != 0 and "PYDMABUF_BACKEND=kernel" in out.stderr
-    out = _python(_NO_DEVICES + "print(pydmabuf.backend)", PYDMABUF_BACKEND="auto")
+    out = _python(no_dma_buf + "print(pydmabuf.backend)", PYDMABUF_BACKEND="auto")
     assert out.stdout.strip() == "fallback", out.stderr
+
+
+def test_kernel_requested_without_allocators_is_valid_where_dma_buf_exists() -> None:
+    # A GPU server or arm64 board: dma-buf, but no heap and no udmabuf. The kernel backend
+    # is valid (drivers' exports work); allocating says what exists.
+    dma_buf_only = _NO_DEVICES + "k.has_dma_buf = lambda: True; print(pydmabuf.backend); "
+    out = _python(dma_buf_only + "pydmabuf.Heap('system')", PYDMABUF_BACKEND="kernel")
+    assert out.stdout.strip() == "kernel", out.stderr
+    assert "NotFoundError" in out.stderr and "no dma-heap 'system'" in out.stderr
+    assert "available: none" in out.stderr
+    out = _python(dma_buf_only + "pydmabuf.udmabuf(4096)", PYDMABUF_BACKEND="kernel")
+    assert "UnsupportedError" in out.stderr and "/nonexistent/udmabuf" in out.stderr
+
+
+def test_enotsupp_and_enotty_are_typed_with_hints() -> None:
+    exc = errors.error(524, "mmap", errors.unmappable_hint("nv_dmabuf"))
+    assert isinstance(exc, pydmabuf.UnsupportedError) and exc.errno == 524
+    assert "ENOTSUPP" in str(exc) and "CUDA" in str(exc)
+    assert isinstance(errors.error(errno.EOPNOTSUPP, "mmap"), pydmabuf.UnsupportedError)
+    from pydmabuf import _ops
+
+    exc = _ops.fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", code=errno.ENOTTY)
+    assert isinstance(exc, pydmabuf.UnsupportedError) and "Linux 6.0" in str(exc)
 
 
 def test_explicit_backend_argument() -> None:

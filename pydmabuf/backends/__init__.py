@@ -1,8 +1,11 @@
 """Backend selection: ``PYDMABUF_BACKEND=auto|kernel|fallback`` (default auto).
 
-auto picks the kernel when ``/dev/dma_heap`` or ``/dev/udmabuf`` exists, else the
-fallback. Asking for ``kernel`` where it cannot work is an error, never a silent
-fallback.
+The setting only chooses where *new* buffers and fences come from: an fd that is a
+dma-buf or sync_file always gets kernel semantics, a fallback memfd or fence fallback
+semantics (``buffer_backend``, ``fence_backend``). auto picks the kernel when
+``/dev/dma_heap`` or ``/dev/udmabuf`` exists, else the fallback. ``kernel`` is valid
+wherever the kernel has dma-buf (allocating from a heap that is not there then says
+what exists); where it has none, asking for it is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ def default_name() -> str:
         choice = _requested()
         if choice == "auto":
             choice = "kernel" if kernel.available() else "fallback"
-        elif choice == "kernel" and not kernel.available():
+        elif choice == "kernel" and not kernel.has_dma_buf():
             raise unsupported(
-                "PYDMABUF_BACKEND=kernel but neither /dev/dma_heap nor /dev/udmabuf exists "
-                "(kernel without CONFIG_DMABUF_HEAPS/CONFIG_UDMABUF); unset it to use the "
-                "fallback backend"
+                "PYDMABUF_BACKEND=kernel but this kernel has no dma-buf "
+                "(CONFIG_DMA_SHARED_BUFFER): no /dev/dma_heap, /dev/udmabuf or /dev/dri, and no "
+                "dma_buf_export in /proc/kallsyms; unset it to use the fallback backend"
             )
         _default = choice
     return _default
