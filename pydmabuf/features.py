@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass, field
 from . import _memfd, _ops
 from .backends.base import TimelineSource
 from .backends.kernel import HEAP_DIR, UDMABUF_DEV
-from .backends.kernel_timelines import SW_SYNC, SwSyncTimeline, VgemTimeline, find_vgem_card
+from .backends.kernel_timelines import (
+    DRM_EXPORT_FLAGS,
+    SW_SYNC,
+    SwSyncTimeline,
+    VgemTimeline,
+    find_vgem_card,
+)
 from .errors import HEAP_PERMISSION_HINT, UDMABUF_PERMISSION_HINT
 
 UDMABUF_PARAMS = "/sys/module/udmabuf/parameters"
@@ -118,7 +124,31 @@ def _kernel_buffer(report: Report) -> tuple[int, str] | None:
                 os.close(dev)
         finally:
             os.close(memfd)
-    return None
+    return _vgem_buffer()
+
+
+def _vgem_buffer() -> tuple[int, str] | None:
+    """A PRIME export of a vgem dumb buffer: a dma-buf where there is no allocator node
+    (GPU servers, arm64 boards), as a driver's export would be."""
+    card = find_vgem_card()
+    if card is None:
+        return None
+    try:
+        drm = os.open(card, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if _ops.drm_driver_name(drm) != "vgem":  # driver ioctl numbers collide
+            return None
+        handle, _size = _ops.drm_create_dumb(drm, 64, 16, 32)
+        try:
+            return _ops.drm_prime_handle_to_fd(drm, handle, DRM_EXPORT_FLAGS), f"vgem ({card})"
+        finally:
+            _ops.drm_gem_close(drm, handle)
+    except OSError:
+        return None
+    finally:
+        os.close(drm)
 
 
 def _try(name: str, what: str, fn: Callable[[], None]) -> Feature:
@@ -140,7 +170,7 @@ def _sync_file_features(report: Report) -> list[Feature]:
         found = None
         reason = f"could not create a dma-buf to probe with: {exc}"
     else:
-        reason = "no dma-heap or udmabuf this user can open, so no dma-buf to probe with"
+        reason = "no dma-heap, udmabuf or vgem this user can open, so no dma-buf to probe with"
     if found is None:
         denied = [d for d in [*report.heaps, report.udmabuf] if d is not None and d.fix]
         fix = "give this user access to a dma-heap or /dev/udmabuf (see above)" if denied else None
