@@ -1,15 +1,16 @@
 """The guest kernel: a user-supplied one, or Debian trixie's, fetched and cached.
 
 Debian trixie's ``linux-image-amd64`` (6.12) is the default because it builds
-udmabuf, the system dma-heap and sync_file in, and vgem as a module; the
-host's own kernel has none of these.
+udmabuf, the system dma-heap and sync_file in, and vgem and vivid as modules;
+the host's own kernel has none of these. Only the modules the guest loads are
+extracted from the package; an entry extracted before a module joined the list
+is extracted again (see ``_with_wanted_modules``).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from .host import cache_dir
 SUITE = os.environ.get("PYDMABUF_VM_DEBIAN_SUITE", "trixie")
 METAPACKAGE = "linux-image-amd64"
 _ORDER_FILE = "modules.order"  # written last: its presence marks a complete cache entry
+_WANTED_FILE = "modules.wanted"  # the names this entry was extracted for (modules.WANTED then)
 
 
 class KernelError(RuntimeError):
@@ -64,8 +66,33 @@ def ensure_kernel(
     if not refresh:
         cached = cached_kernel()
         if cached is not None:
-            return cached
+            return _with_wanted_modules(cached)
     return fetch_debian_kernel()
+
+
+def _with_wanted_modules(cached: Kernel) -> Kernel:
+    """``cached``, or, if it was extracted before some module joined modules.WANTED,
+    the kernel extracted again (the .deb is not kept: it is downloaded once more).
+    Offline, the cached kernel is used as it is: what needs the new module skips."""
+    lacking = _unextracted(cached.vmlinuz.parent)
+    if not lacking:
+        return cached
+    print(f"pydmabuf.vm: the cached kernel was extracted without {', '.join(lacking)}: fetching it again",
+          file=sys.stderr)
+    try:
+        return fetch_debian_kernel()
+    except KernelError as exc:
+        print(f"pydmabuf.vm: note: {exc}; booting the cached kernel without {', '.join(lacking)}",
+              file=sys.stderr)
+        return cached
+
+
+def _unextracted(entry: Path) -> list[str]:
+    """Modules wanted now that a cache entry was extracted without looking for."""
+    recorded = entry / _WANTED_FILE
+    # Entries from before the record existed: the modules they load were all that was looked for.
+    looked_for = set((recorded if recorded.is_file() else entry / _ORDER_FILE).read_text().split())
+    return [name for name in modules.WANTED if name not in looked_for]
 
 
 def kernel_release(vmlinuz: Path) -> str | None:
@@ -178,7 +205,7 @@ def _fetch_debian_kernel() -> Kernel:
         package = images[0]
         release = package.removeprefix("linux-image-")
         cached = cached_kernel(release)
-        if cached is not None:
+        if cached is not None and not _unextracted(_kernels_dir() / release):
             return cached
         print(f"pydmabuf.vm: downloading {package} (about 100 MB) ...", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=_kernels_dir(), prefix=".fetch-") as tmp:
@@ -186,7 +213,11 @@ def _fetch_debian_kernel() -> Kernel:
             staging = Path(tmp) / release
             _unpack(deb, staging)
             target = _kernels_dir() / release
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
+            if target.exists():
+                # An incomplete attempt or an outdated extraction: moved aside (and
+                # deleted with tmp) rather than deleted in place, so that a run
+                # starting meanwhile finds the old entry or the new one, hardly neither.
+                target.rename(Path(tmp) / "replaced")
             staging.rename(target)
         result = cached_kernel(release)
         assert result is not None
@@ -255,4 +286,5 @@ def _unpack(deb: Path, dest: Path) -> None:
     (dest / "vmlinuz").write_bytes(contents.vmlinuz)
     for name in order:
         (dest / "modules" / f"{name}.ko").write_bytes(found[name])
+    (dest / _WANTED_FILE).write_text("\n".join(modules.WANTED) + "\n")
     (dest / _ORDER_FILE).write_text("\n".join(order) + "\n")

@@ -15,10 +15,14 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-# What the guest needs: the 9p client to reach the host's root, and vgem (with
-# the DRM core it sits on) as the source of real, unsignaled fences.
+# What the guest needs: the 9p client to reach the host's root, vgem (with the
+# DRM core it sits on) as the source of real, unsignaled fences and of PRIME
+# exports, and vivid (a virtual V4L2 camera; videodev, videobuf2 and the rest
+# come from its depends=) for VIDIOC_EXPBUF exports: dma-bufs from drivers,
+# which must work with no dma-heap or udmabuf. vivid's defaults (one instance,
+# single-planar, a video capture node among others) are what the tests use.
 REQUIRED = ("netfs", "9pnet", "9pnet_virtio", "9p")
-OPTIONAL = ("drm", "drm_kms_helper", "drm_shmem_helper", "vgem")
+OPTIONAL = ("drm", "drm_kms_helper", "drm_shmem_helper", "vgem", "vivid")
 WANTED = REQUIRED + OPTIONAL
 
 _SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
