@@ -42,7 +42,12 @@ def _stat(fd: int) -> os.stat_result:
 def buffer_kind(fd: int) -> tuple[str, int]:
     """(DMA_BUF or MEMFD, size in bytes) of a buffer fd; InvalidArgumentError for any
     other file, including a memfd that may still shrink (mapping it could SIGBUS)."""
-    st = _stat(fd)
+    try:
+        st = _fstat(fd)
+    except (OSError, OverflowError):
+        st = _stat(fd)  # raises the library's error
+    if _dma_buf_devs.get(st.st_dev) and not st.st_mode & _S_IFMT:
+        return DMA_BUF, st.st_size  # the common case: a dma-buf filesystem seen before
     fmt = st.st_mode & _S_IFMT
     if fmt == 0:  # pseudo files: dma-bufs, anon inodes, ...
         dev = st.st_dev

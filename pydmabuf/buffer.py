@@ -79,13 +79,20 @@ class Buffer(FdHolder):
         it) or a fallback memfd sealed against shrinking (fallback semantics).
         ``backend`` only double-checks which one you expect. ``own=False`` dups it and
         leaves your fd alone."""
-        fd = as_fd(fd)
+        if type(fd) is not int or fd < 0:
+            fd = as_fd(fd)
         found, size = buffer_backend(fd)
         if backend is not None and get_backend(backend) is not found:
             what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
             raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
                           f"{' (not a dma-buf)' if found.name != 'kernel' else ''}")
-        return new_buffer(fd if own else dup_cloexec(fd), size, found)
+        buf = _new(Buffer)  # hot path: no __init__ frame
+        fd = buf._fd = fd if own else dup_cloexec(fd)
+        buf._cell = [fd]
+        buf._size = size
+        buf._offset = 0
+        buf._backend = found
+        return buf
 
     @classmethod
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> Buffer:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import select
+from collections.abc import Callable, Iterable
 
 from . import _wait
-from ._fd import FdHolder, as_fd, dup_cloexec, hold_append
+from ._fd import FdHolder, as_fd, dup_cloexec
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
 from .info import SyncFileInfo
@@ -28,7 +29,8 @@ def new_sync_file(fd: int, backend: Backend) -> SyncFile:
 class SyncFile(FdHolder):
     """An explicit fence. Poll it (``fileno()``) or ``wait()``; it signals once."""
 
-    __slots__ = ("_backend",)
+    __slots__ = ("_backend", "_poller")
+    _poller: Callable[[int], list[tuple[int, int]]]
     _kind = "SyncFile"
 
     def __init__(self, fd: int, backend: Backend) -> None:
@@ -68,14 +70,24 @@ class SyncFile(FdHolder):
     @property
     def signaled(self) -> bool:
         """True once the fence has signaled (never blocks)."""
-        hold_append(self)
-        try:
-            fd = self._fd
-            if fd < 0:
-                raise closed("SyncFile")
-            return _ready(fd, _POLLIN)
-        finally:
-            self._release()
+        # No hold: poll only reads, so poll first and then check the object is still
+        # open. close() marks it closed before it releases the number, so if it is
+        # open now, the number was still ours when polled; if not, the answer is void.
+        try:  # a poll set registered once, as a hand-written loop would keep one
+            ready: object = self._poller(0)
+        except AttributeError:
+            fd = self.fileno()
+            poller = select.poll()
+            poller.register(fd, _POLLIN)
+            self._poller = poller.poll
+            ready = self._poller(0)
+        except RuntimeError:  # another thread is polling the same set right now
+            ready = _ready(self.fileno(), _POLLIN)
+        if self._fd < 0:
+            raise closed("SyncFile")
+        if ready:
+            return True
+        return False
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until signaled; raise TimeoutError after ``timeout`` seconds.

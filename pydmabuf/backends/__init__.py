@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from .._fdkind import DMA_BUF, FALLBACK_FENCE, MEMFD, SYNC_FILE, buffer_kind, fence_kind
 from ..errors import invalid, unsupported
 from .base import Backend, TimelineSource
 
@@ -20,6 +21,7 @@ __all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "defa
 
 BACKEND_NAMES = ("kernel", "fallback")
 _instances: dict[str, Backend] = {}
+_BY_KIND = {DMA_BUF: "kernel", SYNC_FILE: "kernel", MEMFD: "fallback", FALLBACK_FENCE: "fallback"}
 _default: str | None = None
 
 
@@ -51,6 +53,9 @@ def default_name() -> str:
 
 def get_backend(name: str | Backend | None = None) -> Backend:
     """A backend by name ("kernel", "fallback"), or the default one for None."""
+    backend = _instances.get(name)  # type: ignore[arg-type]
+    if backend is not None:
+        return backend
     if isinstance(name, Backend):
         return name
     if name is None:
@@ -74,14 +79,10 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 def buffer_backend(fd: int) -> tuple[Backend, int]:
     """The backend whose semantics apply to buffer ``fd`` (kernel for any dma-buf,
     fallback for a sealed memfd) and its size; InvalidArgumentError for anything else."""
-    from .._fdkind import DMA_BUF, buffer_kind
-
     kind, size = buffer_kind(fd)
-    return get_backend("kernel" if kind == DMA_BUF else "fallback"), size
+    return get_backend(_BY_KIND[kind]), size
 
 
 def fence_backend(fd: int) -> Backend:
-    """The backend for fence ``fd``: kernel for a sync_file, fallback for an eventfd."""
-    from .._fdkind import SYNC_FILE, fence_kind
-
-    return get_backend("kernel" if fence_kind(fd) == SYNC_FILE else "fallback")
+    """The backend for fence ``fd``: kernel for a sync_file, fallback for a fallback fence."""
+    return get_backend(_BY_KIND[fence_kind(fd)])
