@@ -46,7 +46,7 @@ from ._wait import deadline, expired, remaining_ms
 from .buffer import Buffer, Mapping
 from .credentials import _ids as _id_set
 from .credentials import check_peer, peer_credentials
-from .errors import Error, PermissionDeniedError, closed, invalid, timed_out
+from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_out
 from .heap import Heap
 from .syncfile import SyncFile
 
@@ -64,6 +64,7 @@ _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
 _SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
 _DROP_REPORT_INTERVAL = 1.0  # s: at most one "dropped" event per consumer per interval
 _SOCKET_MODE = 0o600
+_SUN_PATH = 108  # bytes in sockaddr_un.sun_path
 _REFUSED, _EVICTED, _END = b"X", b"K", b"E"
 _HOLDS_TOO_MANY = "holds max_pending unreleased frames"
 _SOCKET_FULL = "its socket is full (it stopped reading)"
@@ -108,8 +109,18 @@ class Event:
 
 
 def _address(path: str) -> str:
-    # "@name" is the abstract namespace (no file, gone with the socket), as in systemd.
-    return "\0" + path[1:] if path.startswith("@") else path
+    """The socket address for ``path``: "@name" is the abstract namespace (no file,
+    gone with the socket), as in systemd; a leading NUL is taken as abstract too."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, got {type(path).__name__}")
+    address = "\0" + path[1:] if path.startswith("@") else path
+    if not address:
+        raise invalid("path is empty (an abstract name is '@name')")
+    if not _is_abstract(path) and "\0" in path:
+        raise invalid(f"socket path {path!r} contains a NUL byte")
+    if len(os.fsencode(address)) > _SUN_PATH:
+        raise invalid(f"socket path {path!r} is longer than the {_SUN_PATH} bytes AF_UNIX allows")
+    return address
 
 
 def _is_abstract(path: str) -> bool:
@@ -204,7 +215,9 @@ class Producer:
         self.events: collections.deque[Event] = collections.deque(maxlen=1024)
         self._event_count = 0
         self._next_service = 0.0
+        self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of a path socket
         self.path = path
+        _address(path)  # a bad path fails before anything is allocated
         if slow_consumer not in SLOW_CONSUMER_POLICIES:
             raise invalid(f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}, got {slow_consumer!r}")
         self.slow_consumer = slow_consumer
@@ -223,6 +236,9 @@ class Producer:
                 self._maps.append(mapping)
             self._free.extend(range(len(self._buffers)))
             self._listener = self._listen(path)
+            if not _is_abstract(path):
+                st = os.stat(path)
+                self._socket_file = (st.st_dev, st.st_ino)
             self._poll.register(self._listener, _POLLIN)
         except BaseException:
             self.close()
@@ -240,19 +256,26 @@ class Producer:
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
-        if not isinstance(path, str):
-            raise TypeError(f"path must be a str, got {type(path).__name__}")
+        address = _address(path)
+        abstract = _is_abstract(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            if not _is_abstract(path):
+            if not abstract:
                 # bind() creates the file with the socket inode's mode minus the umask:
                 # 0600 here means it is never wider than owner-only, whatever the umask.
                 os.fchmod(listener.fileno(), _SOCKET_MODE)
-            listener.bind(_address(path))
-            if not _is_abstract(path) and os.stat(path).st_mode & 0o777 != _SOCKET_MODE:
+            listener.bind(address)
+            if not abstract and os.stat(path).st_mode & 0o777 != _SOCKET_MODE:
                 os.chmod(path, _SOCKET_MODE)  # a umask took owner bits; nobody can connect yet
             listener.listen(16)
             listener.setblocking(False)
+        except OSError as exc:
+            listener.close()
+            if isinstance(exc, Error):
+                raise
+            hint = ("another producer listens there, or a socket file outlived its producer: remove it"
+                    if exc.errno == E.EADDRINUSE else None)
+            raise error(exc.errno or E.EINVAL, f"Producer: listening on {path!r}", hint) from None
         except BaseException:
             listener.close()
             raise
@@ -533,9 +556,12 @@ class Producer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            if not _is_abstract(self.path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
+            if self._socket_file is not None:
+                with contextlib.suppress(OSError):
+                    st = os.stat(self.path)
+                    if (st.st_dev, st.st_ino) == self._socket_file:  # not a later producer's
+                        os.unlink(self.path)
+                self._socket_file = None
         for m in self._maps:
             if m is not None:
                 m.close()
@@ -647,21 +673,26 @@ class Consumer:
         """Connect to a producer's ``path``, retrying until it listens or ``timeout``
         (TimeoutError). The producer must run as this process's effective uid, as
         root, or as a uid in ``allow_uids``; else PermissionDeniedError."""
-        if not isinstance(path, str):
-            raise TypeError(f"path must be a str, got {type(path).__name__}")
+        address = _address(path)
         until = deadline(timeout, "Consumer.connect")
         uids = _id_set(allow_uids, "allow_uids")
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
                 sock.setblocking(False)  # a full backlog is EAGAIN, not an endless wait
-                sock.connect(_address(path))
+                sock.connect(address)
             except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as exc:
                 sock.close()
                 if expired(until):
                     raise timed_out(f"connecting to producer at {path!r} ({exc.strerror})") from None
                 time.sleep(0.005)
                 continue
+            except OSError as exc:  # EACCES on another user's socket file, ENOTDIR, ...
+                sock.close()
+                hint = ("path sockets are owner-only (0600): run as the producer's user, or use an "
+                        "abstract '@name' with allow_uids= on the producer"
+                        if exc.errno in (E.EACCES, E.EPERM) else None)
+                raise error(exc.errno or E.EINVAL, f"Consumer.connect({path!r})", hint) from None
             except BaseException:
                 sock.close()
                 raise
