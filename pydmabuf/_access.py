@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ._fd import hold_append
+from ._fd import hold_append, hold_remove
 from .errors import closed
 
 if TYPE_CHECKING:
@@ -58,4 +58,6 @@ class CpuAccess:
         try:
             buf._backend.sync(self._fd, self._flags | END)
         finally:
-            buf._release()
+            hold_remove(buf)  # buf._release(), inlined on the hottest path
+            if buf._fd < 0:
+                buf._finish()

@@ -70,6 +70,7 @@ def _packed(fmt: str, ctype: str) -> struct.Struct:
 SYNC_ARG = _packed("=Q", "struct dma_buf_sync")
 ALLOC_ARG = _packed("=QIIQ", "struct dma_heap_allocation_data")
 EXPORT_ARG = _packed("=Ii", "struct dma_buf_export_sync_file")
+UDMABUF_ARG = _packed("=IIQQ", "struct udmabuf_create")
 
 
 # --- dma-buf ---------------------------------------------------------------------------
@@ -152,11 +153,21 @@ def udmabuf_create_list(
     return ioctl(dev_fd, _ffi.UDMABUF_CREATE_LIST, arg, "UDMABUF_CREATE_LIST", hints)
 
 
+_UDMABUF_CREATE = _ffi.UDMABUF_CREATE
+_pack_udmabuf = UDMABUF_ARG.pack
+
+
 def udmabuf_create(
     dev_fd: int, memfd: int, offset: int, size: int, flags: int, hints: Hints | None = None
 ) -> int:
-    arg = ffi.new("struct udmabuf_create *", {"memfd": memfd, "flags": flags, "offset": offset, "size": size})
-    return ioctl(dev_fd, _ffi.UDMABUF_CREATE, arg, "UDMABUF_CREATE", hints)
+    """UDMABUF_CREATE: one range, the common case, through fcntl.ioctl."""
+    # A mutable buffer: then fcntl.ioctl returns the ioctl's result, the new fd.
+    arg = bytearray(_pack_udmabuf(memfd, flags, offset, size))
+    while True:
+        try:
+            return _fioctl(dev_fd, _UDMABUF_CREATE, arg, True)  # type: ignore[no-any-return]
+        except OSError as exc:
+            retry_or_raise(exc, "UDMABUF_CREATE", hints)
 
 
 # --- sync_file -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import errno as E
 import mmap
 
 from ._access import CpuAccess
-from ._fd import FdHolder, as_fd, dup_cloexec, hold_append
+from ._fd import FdHolder, as_fd, dup_cloexec, hold_append, hold_remove
 from .backends import Backend, buffer_backend, get_backend
 from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
@@ -218,7 +218,9 @@ class Buffer(FdHolder):
             backend = self._backend
             new = backend.export_sync_file(fd, flags)
         finally:
-            self._release()
+            hold_remove(self)  # _release, inlined on this hot path
+            if self._fd < 0:
+                self._finish()
         fence = _new(SyncFile)  # hot path: no __init__ frame
         fence._fd = new
         fence._cell = [new]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as E
 import os
 
-from ._fd import FdHolder, hold_append
+from ._fd import FdHolder, hold_append, hold_remove
 from ._memfd import PAGE_SIZE
 from .backends import Backend, get_backend
 from .buffer import Buffer, new_buffer
@@ -80,7 +80,9 @@ class Heap(FdHolder):
             backend = self._backend
             fd = backend.allocate(heap_fd, self._name, size)
         finally:
-            self._release()
+            hold_remove(self)  # _release, inlined on this hot path
+            if self._fd < 0:
+                self._finish()
         buf = new_buffer(fd, (size + _PAGE_MASK) & ~_PAGE_MASK, backend)
         return buf if name is None else buf._named(name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as E
 import os
 import select
+import threading
 
 from .. import _fdinfo, _ops, _wait
 from ..errors import (
@@ -51,6 +52,10 @@ class KernelBackend(Backend):
     exporter = ""  # the kernel names its exporters ("system", "udmabuf", "drm")
     sync = staticmethod(_ops.dma_buf_sync)
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._udmabuf_fd = -1
+
     def heaps(self) -> list[str]:
         try:
             return sorted(os.listdir(HEAP_DIR))
@@ -72,17 +77,28 @@ class KernelBackend(Backend):
 
     export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
 
+    def _udmabuf_dev(self) -> int:
+        """/dev/udmabuf, opened once and kept: opening it per buffer cost more than the
+        ioctl itself."""
+        dev = self._udmabuf_fd
+        if dev >= 0:
+            return dev
+        with self._lock:
+            if self._udmabuf_fd < 0:
+                try:
+                    self._udmabuf_fd = os.open(UDMABUF_DEV, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise unsupported(f"{UDMABUF_DEV} does not exist (kernel without CONFIG_UDMABUF)") from None
+                except PermissionError as exc:
+                    raise error(exc.errno or E.EACCES, f"opening {UDMABUF_DEV}", UDMABUF_PERMISSION_HINT) from None
+            return self._udmabuf_fd
+
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
-        try:
-            dev = os.open(UDMABUF_DEV, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise unsupported(f"{UDMABUF_DEV} does not exist (kernel without CONFIG_UDMABUF)") from None
-        except PermissionError as exc:
-            raise error(exc.errno or E.EACCES, f"opening {UDMABUF_DEV}", UDMABUF_PERMISSION_HINT) from None
-        try:
-            fd = _ops.udmabuf_create_list(dev, ranges, 1, _UDMABUF_HINTS)  # UDMABUF_FLAGS_CLOEXEC
-        finally:
-            os.close(dev)
+        dev = self._udmabuf_dev()
+        if len(ranges) == 1:
+            memfd, offset, size = ranges[0]
+            return _ops.udmabuf_create(dev, memfd, offset, size, 1, _UDMABUF_HINTS), 0, size  # CLOEXEC
+        fd = _ops.udmabuf_create_list(dev, ranges, 1, _UDMABUF_HINTS)
         return fd, 0, sum(size for _memfd, _offset, size in ranges)
 
     def check_buffer(self, fd: int) -> tuple[int, int]:
