@@ -17,7 +17,7 @@ import threading
 
 from .. import _memfd, _wait
 from .._fd import dup_cloexec
-from ..errors import error, invalid, timed_out, unsupported
+from ..errors import closed, error, invalid, timed_out, unsupported
 from ..info import BufferInfo, FenceInfo
 from . import fallback_fences as fences
 from ._reactor import reactor
@@ -80,9 +80,12 @@ class FallbackTimeline(TimelineSource):
         self._value = 0
         self._pending: list[tuple[int, int]] = []  # (point, signal end)
         self._lock = threading.Lock()
+        self._closed = False
 
     def fence(self, point: int) -> int:
         with self._lock:
+            if self._closed:
+                raise closed("Timeline")
             if point <= self._value:
                 return fences.signaled_fence()
             fd, signal_end = fences.new_fence()
@@ -91,6 +94,8 @@ class FallbackTimeline(TimelineSource):
 
     def signal(self, point: int) -> None:
         with self._lock:
+            if self._closed:
+                raise closed("Timeline")
             self._value = max(self._value, point)
             keep = []
             for entry in self._pending:
@@ -102,6 +107,7 @@ class FallbackTimeline(TimelineSource):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for _point, signal_end in self._pending:
                 fences.signal(signal_end)
             self._pending = []

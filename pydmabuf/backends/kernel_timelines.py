@@ -9,7 +9,7 @@ import threading
 
 from .. import _ops
 from .._ffi import lib
-from ..errors import unsupported
+from ..errors import closed, unsupported
 from .base import TimelineSource
 
 SW_SYNC = "/sys/kernel/debug/sync/sw_sync"
@@ -24,19 +24,29 @@ class SwSyncTimeline(TimelineSource):
         self._value = 0
         self._lock = threading.Lock()
 
+    # Every use of the fd and close() take the lock, so a close() from another thread
+    # can never let an ioctl land on a file that reused the number.
     def fence(self, point: int) -> int:
-        return _ops.sw_sync_create_fence(self._fd, point)
+        with self._lock:
+            return _ops.sw_sync_create_fence(_open_fd(self._fd), point)
 
     def signal(self, point: int) -> None:
         with self._lock:
             if point > self._value:
-                _ops.sw_sync_inc(self._fd, point - self._value)
+                _ops.sw_sync_inc(_open_fd(self._fd), point - self._value)
                 self._value = point
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
+        with self._lock:
+            fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _open_fd(fd: int) -> int:
+    if fd < 0:
+        raise closed("Timeline")
+    return fd
 
 
 def find_vgem_card() -> str | None:
@@ -68,6 +78,7 @@ class VgemTimeline(TimelineSource):
 
     def fence(self, point: int) -> int:
         with self._lock:
+            _open_fd(self._fd)
             handle, _size = _ops.drm_create_dumb(self._fd, 1, 1, 8)
             try:
                 fence_id = None
@@ -86,6 +97,7 @@ class VgemTimeline(TimelineSource):
 
     def signal(self, point: int) -> None:
         with self._lock:
+            _open_fd(self._fd)
             self._value = max(self._value, point)
             due = [f for f in self._pending if f[0] <= self._value]
             self._pending = [f for f in self._pending if f[0] > self._value]
@@ -97,7 +109,8 @@ class VgemTimeline(TimelineSource):
                         raise
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
+        with self._lock:
+            fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)  # closing the DRM fd signals every outstanding fence
 
