@@ -65,6 +65,7 @@ _SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
 _DROP_REPORT_INTERVAL = 1.0  # s: at most one "dropped" event per consumer per interval
 _SOCKET_MODE = 0o600
 _SUN_PATH = 108  # bytes in sockaddr_un.sun_path
+_NUMBER_TYPES = (float, int)
 _REFUSED, _EVICTED, _END = b"X", b"K", b"E"
 _HOLDS_TOO_MANY = "holds max_pending unreleased frames"
 _SOCKET_FULL = "its socket is full (it stopped reading)"
@@ -118,7 +119,11 @@ def _address(path: str) -> str:
         raise invalid("path is empty (an abstract name is '@name')")
     if not _is_abstract(path) and "\0" in path:
         raise invalid(f"socket path {path!r} contains a NUL byte")
-    if len(os.fsencode(address)) > _SUN_PATH:
+    try:
+        length = len(os.fsencode(address))
+    except UnicodeError:
+        raise invalid(f"socket path {path!r} cannot be encoded for the file system") from None
+    if length > _SUN_PATH:
         raise invalid(f"socket path {path!r} is longer than the {_SUN_PATH} bytes AF_UNIX allows")
     return address
 
@@ -224,9 +229,7 @@ class Producer:
         self._allow_uids = _id_set(allow_uids, "allow_uids")
         self._allow_gids = _id_set(allow_gids, "allow_gids")
         try:
-            self._buffers = list(buffers) if buffers is not None else self._allocate(size, count, heap)
-            if not self._buffers:
-                raise invalid("a Producer needs at least one buffer")
+            self._buffers = self._own(buffers) if buffers is not None else self._allocate(size, count, heap)
             self.max_pending = self._pending_limit(max_pending, len(self._buffers))
             self._index = {id(b): i for i, b in enumerate(self._buffers)}
             self._acquired = bytearray(len(self._buffers))
@@ -245,6 +248,19 @@ class Producer:
             raise
 
     @staticmethod
+    def _own(buffers: Sequence[Buffer]) -> list[Buffer]:
+        pool = list(buffers)
+        if not pool:
+            raise invalid("a Producer needs at least one buffer")
+        for b in pool:
+            if not isinstance(b, Buffer):
+                raise invalid(f"buffers must be Buffers, got {type(b).__name__}")
+            b.fileno()  # ClosedError for a closed one
+        if len({id(b) for b in pool}) != len(pool):
+            raise invalid("the same Buffer appears twice in buffers")
+        return pool
+
+    @staticmethod
     def _pending_limit(max_pending: int | None, count: int) -> int:
         if max_pending is None:
             return max(1, count // 2)
@@ -259,32 +275,36 @@ class Producer:
         address = _address(path)
         abstract = _is_abstract(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        bound = False
         try:
             if not abstract:
                 # bind() creates the file with the socket inode's mode minus the umask:
                 # 0600 here means it is never wider than owner-only, whatever the umask.
                 os.fchmod(listener.fileno(), _SOCKET_MODE)
             listener.bind(address)
-            if not abstract and os.stat(path).st_mode & 0o777 != _SOCKET_MODE:
+            bound = not abstract
+            if bound and os.stat(path).st_mode & 0o777 != _SOCKET_MODE:
                 os.chmod(path, _SOCKET_MODE)  # a umask took owner bits; nobody can connect yet
             listener.listen(16)
             listener.setblocking(False)
-        except OSError as exc:
+        except BaseException as exc:
             listener.close()
-            if isinstance(exc, Error):
+            if bound:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            if not isinstance(exc, OSError) or isinstance(exc, Error):
                 raise
             hint = ("another producer listens there, or a socket file outlived its producer: remove it"
                     if exc.errno == E.EADDRINUSE else None)
             raise error(exc.errno or E.EINVAL, f"Producer: listening on {path!r}", hint) from None
-        except BaseException:
-            listener.close()
-            raise
         return listener
 
     @staticmethod
     def _allocate(size: int, count: int, heap: Heap | None) -> list[Buffer]:
         if size <= 0 or count <= 0:
             raise invalid("give buffers=, or size > 0 and count > 0")
+        if heap is not None and not isinstance(heap, Heap):
+            raise TypeError(f"heap must be a Heap or None, got {type(heap).__name__}")
         own = heap is None
         h = Heap("system") if heap is None else heap
         out: list[Buffer] = []
@@ -472,8 +492,8 @@ class Producer:
         # hand-written loop.
         if not free or time.monotonic() >= self._next_service:
             self._wait_free(timeout)
-        elif timeout is not None:
-            deadline(timeout, "acquire")  # the same argument check as when waiting
+        elif timeout is not None and not (type(timeout) in _NUMBER_TYPES and timeout >= 0):
+            deadline(timeout, "acquire")  # raises: the same check as when waiting
         i = free.popleft()
         self._acquired[i] = 1
         return self._buffers[i]

@@ -361,6 +361,19 @@ def test_timeouts_and_arguments_are_checked() -> None:
             Producer(address(), size=SIZE, count=1, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Producer(address(), size=SIZE, count=1, max_pending=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Producer(address(), size=SIZE, count=1, heap="system")  # type: ignore[arg-type]
+    for path in ("", "a\0b", "/tmp/" + "x" * 200, "@" + "y" * 200):
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            Producer(path, size=SIZE, count=1)
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            Consumer.connect(path, timeout=0)
+    assert not os.path.exists("a")  # "a\0b" must not have bound "a"
+    with pydmabuf.Heap("system") as heap, heap.allocate(SIZE) as buf:
+        for buffers in ([], [buf, buf], [buf, "not a buffer"]):
+            with pytest.raises(pydmabuf.InvalidArgumentError):
+                Producer(address(), buffers=buffers)  # type: ignore[arg-type]
+        assert buf.fileno() >= 0  # refused buffers are not taken
     path = address()
     with Producer(path, size=SIZE, count=1) as producer, Consumer.connect(path) as consumer:
         for call in (lambda: producer.acquire(timeout=-1), lambda: producer.poll(float("nan")),
