@@ -1,10 +1,12 @@
 """The real-kernel tier: this whole suite again, under a real kernel in QEMU.
 
 The host's kernel may have no udmabuf, dma-heaps or DRM, so the kernel backend
-cannot be exercised here.  This one test boots Debian trixie's kernel (which
-has all three, plus vgem for real unsignaled fences) once, runs
+cannot be exercised here.  One test boots Debian trixie's kernel (which has all
+three, plus vgem for real unsignaled fences and vivid, a virtual camera), runs
 ``python -m pytest tests`` inside it with ``PYDMABUF_BACKEND=kernel``, and
-passes only if that run passes.  See :mod:`pydmabuf.vm`.
+passes only if that run passes.  A second, short boot removes the allocator
+nodes first and runs ``tests/test_foreign.py`` with default settings: drivers'
+dma-bufs on a machine without heaps or udmabuf.  See :mod:`pydmabuf.vm`.
 
 Environment:
   CI=true                  a VM that cannot run here fails the test (else: skip)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -92,7 +95,10 @@ class _TerminalReport:
 
 def _show(config: pytest.Config, lines: list[str]) -> None:
     name = "pydmabuf-real-kernel-report"
-    if not config.pluginmanager.has_plugin(name):
+    report = config.pluginmanager.get_plugin(name)
+    if isinstance(report, _TerminalReport):
+        report.lines += lines  # the second boot's lines follow the first's
+    else:
         config.pluginmanager.register(_TerminalReport(lines), name)
 
 
@@ -100,15 +106,20 @@ def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-@pytest.mark.real_kernel
-def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _guest_kernel() -> vm.Kernel:
+    """The kernel to boot; skips (fails under CI) where the VM cannot run."""
     usable, reason = vm.available()
     if not usable:
         _unavailable(reason)
     try:
-        kernel = vm.ensure_kernel()
+        return vm.ensure_kernel()
     except (vm.KernelError, OSError) as exc:
         _unavailable(f"no guest kernel: {exc}", hint=False)
+
+
+@pytest.mark.real_kernel
+def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    kernel = _guest_kernel()
 
     # -rfEs: the guest's summary names its failures and errors as well as its
     # skips; --durations: the log says where the emulated minutes went.
@@ -170,6 +181,58 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
     assert passed >= minimum, (
         f"only {passed} tests passed in the guest, expected at least {minimum} (PYDMABUF_VM_MIN_PASSED)\n{context}"
     )
+
+
+# Every test of tests/test_foreign.py, for both exporters (vgem and vivid).
+FOREIGN_MIN_PASSED = 14
+FOREIGN_TIMEOUT = 300.0  # seconds; the boot takes about one minute here
+_DEFAULT_BACKEND = re.compile(r"^pydmabuf default backend: (\S+)$", re.M)
+
+
+@pytest.mark.real_kernel
+def test_foreign_buffers_without_allocator_nodes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second, short boot, like a GPU server or camera board: no /dev/dma_heap and
+    no /dev/udmabuf (removed before anything runs), PYDMABUF_BACKEND unset. The
+    default backend must be the fallback there, and tests/test_foreign.py must wrap
+    vgem's and vivid's dma-bufs as kernel buffers, with nothing skipped."""
+    kernel = _guest_kernel()
+    python = shlex.quote(sys.executable)
+    script = (
+        "rm -rf /dev/dma_heap /dev/udmabuf && "  # devtmpfs: root may remove nodes; no udev brings them back
+        f"{python} -c 'import pydmabuf; print(\"pydmabuf default backend:\", pydmabuf.backend)' && "
+        f"exec {python} -m pytest tests/test_foreign.py -p no:cacheprovider -q -rfEs"
+    )
+    env = {"PYDMABUF_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # and no PYDMABUF_BACKEND
+    log_path = tmp_path_factory.mktemp("real-kernel-foreign") / "guest.log"
+    with log_path.open("w") as log:
+        log.write(f"# pydmabuf real-kernel tier, no allocator nodes, kernel {kernel}\n# {script}\n")
+        log.flush()
+        result = vm.run(["sh", "-c", script], env=env, cwd=str(REPO), timeout=FOREIGN_TIMEOUT, kernel=kernel,
+                        stream=log, live_dirs=[], snapshot_dirs=[str(REPO)])
+        log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
+
+    where = f"full guest output: {log_path}"
+    parsed = parse_summary(result.output)
+    described = _describe(*parsed, result) if parsed else "no pytest summary from the guest"
+    skips = summary_lines(result.output, "SKIPPED")
+    _show(request.config, [f"real-kernel tier, no allocator nodes (test_foreign.py): {described}", *skips, where])
+
+    failures = summary_lines(result.output, "FAILED") + summary_lines(result.output, "ERROR")
+    context = f"{where}\n" + ("guest failures:\n" + "\n".join(failures) if failures else
+                              f"--- last lines of the guest output ---\n{_tail(result.output)}")
+    error, returncode = result.error, result.returncode
+    assert error is None, f"the VM failed: {error}\n{context}"
+    backend = _DEFAULT_BACKEND.search(result.output)
+    assert backend is not None, f"the guest did not report its default backend\n{context}"
+    assert backend.group(1) == "fallback", f"without allocator nodes auto chose {backend.group(1)}\n{context}"
+    assert parsed is not None, f"no pytest summary line in the guest output\n{context}"
+    counts, _ = parsed
+    assert returncode == 0, f"guest pytest exited {returncode}\n{context}"
+    assert not skips and not counts.get("skipped"), f"foreign-buffer tests skipped in the guest\n{context}"
+    passed = counts.get("passed", 0)
+    assert passed >= FOREIGN_MIN_PASSED, f"only {passed} passed, expected {FOREIGN_MIN_PASSED}\n{context}"
 
 
 # The runner's pure parts, checked on the host without booting anything.
