@@ -14,6 +14,7 @@ import errno as E
 import fcntl
 import os
 import struct
+from collections.abc import Callable
 
 from . import _ffi
 from ._ffi import ffi, lib
@@ -79,6 +80,18 @@ _fioctl = fcntl.ioctl
 _SYNC = _ffi.DMA_BUF_IOCTL_SYNC
 # The kernel only reads this struct: one packed argument per valid flag value.
 _SYNC_ARGS = {flags: SYNC_ARG.pack(flags) for flags in range(1, 8) if flags & 3}
+
+
+def dma_buf_sync_call(flags: int) -> tuple[Callable[[int, int, object], object], int, bytes, bytes]:
+    """SYNC START and END for ``flags`` as (fcntl.ioctl, request, start, end): what a
+    CPU-access bracket calls directly, with no Python frame around the ioctl."""
+    start, end = _SYNC_ARGS.get(flags), _SYNC_ARGS.get(flags | 4)
+    if start is None or end is None or flags & 4:
+        raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
+    return _ioctl_call, _SYNC, start, end
+
+
+_ioctl_call: Callable[[int, int, object], object] = _fioctl  # type: ignore[assignment]
 
 
 def dma_buf_sync(fd: int, flags: int) -> None:

@@ -7,6 +7,7 @@ import mmap
 
 from ._access import CpuAccess
 from ._fd import FdHolder, as_fd, dup_cloexec, hold_append, hold_remove
+from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
 from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
@@ -53,6 +54,7 @@ def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     buf._size = size
     buf._offset = offset
     buf._backend = backend
+    buf._access = None
     return buf
 
 
@@ -63,7 +65,7 @@ class Buffer(FdHolder):
     thread closes the buffer; it then either completes on this buffer's file or raises
     ClosedError, never touching a file that reused the number."""
 
-    __slots__ = ("_backend", "_size", "_offset")
+    __slots__ = ("_backend", "_size", "_offset", "_access")
     _kind = "Buffer"
 
     def __init__(self, fd: int, size: int, backend: Backend, offset: int = 0) -> None:
@@ -72,6 +74,7 @@ class Buffer(FdHolder):
         self._size = size
         self._offset = offset  # where the buffer starts inside fd (fallback udmabufs)
         self._backend = backend
+        self._access: CpuAccess | None = None
 
     @classmethod
     def from_fd(cls, fd: int, *, own: bool = True, backend: str | Backend | None = None) -> Buffer:
@@ -92,6 +95,7 @@ class Buffer(FdHolder):
         buf._size = size
         buf._offset = 0
         buf._backend = found
+        buf._access = None
         return buf
 
     @classmethod
@@ -160,7 +164,7 @@ class Buffer(FdHolder):
 
     # --- CPU access --------------------------------------------------------------
     def map(self, *, write: bool = True) -> Mapping:
-        """Map the whole buffer shared (MAP_PRIVATE is refused by exporters)."""
+        """Map the whole buffer shared (most exporters refuse MAP_PRIVATE)."""
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
         fd = self._hold()
         try:
@@ -179,15 +183,14 @@ class Buffer(FdHolder):
     def cpu_access(self, read: bool = True, write: bool = True, timeout: float | None = None) -> CpuAccess:
         """Bracket CPU access to the mapping; ``timeout`` bounds the wait for the
         buffer's implicit fences (TimeoutError), which SYNC START alone never does."""
-        access = _new(CpuAccess)
-        access._buffer = self
-        access._flags = READ | WRITE if read is True and write is True else _direction(read, write)
+        if read is True and write is True and timeout is None:
+            access = self._access  # the default bracket, made once (it refers back weakly)
+            if access is None:
+                access = self._access = CpuAccess(self, READ | WRITE, None)
+            return access
         if timeout is not None:
-            from ._wait import deadline
-
             deadline(timeout, "cpu_access")  # reject a bad timeout here, not at `with`
-        access._timeout = timeout
-        return access
+        return CpuAccess(self, _direction(read, write), timeout)
 
     def begin_cpu_access(self, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC START alone; pair with ``end_cpu_access``."""

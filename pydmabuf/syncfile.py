@@ -74,7 +74,7 @@ class SyncFile(FdHolder):
         # open. close() marks it closed before it releases the number, so if it is
         # open now, the number was still ours when polled; if not, the answer is void.
         try:  # a poll set registered once, as a hand-written loop would keep one
-            ready: object = self._poller(0)
+            ready = self._poller(0)
         except AttributeError:
             fd = self.fileno()
             poller = select.poll()
@@ -82,12 +82,10 @@ class SyncFile(FdHolder):
             self._poller = poller.poll
             ready = self._poller(0)
         except RuntimeError:  # another thread is polling the same set right now
-            ready = _ready(self.fileno(), _POLLIN)
+            ready = [(0, _POLLIN)] if _ready(self.fileno(), _POLLIN) else []
         if self._fd < 0:
             raise closed("SyncFile")
-        if ready:
-            return True
-        return False
+        return ready != []  # cheaper than bool(): no global lookup
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until signaled; raise TimeoutError after ``timeout`` seconds.

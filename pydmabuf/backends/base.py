@@ -37,9 +37,14 @@ class Backend(ABC):
     name: str
     exporter: str  # what BufferInfo.exporter says for this backend's buffers
 
-    # The hottest call, DMA_BUF_IOCTL_SYNC: a plain function attribute (fd, flags),
-    # so cpu_access pays no extra Python frame.
+    # DMA_BUF_IOCTL_SYNC, checked: a plain function attribute (fd, flags).
     sync: Callable[[int, int], None]
+
+    @abstractmethod
+    def sync_call(self, flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
+        """The hottest call as plain values, for ``cpu_access`` brackets: a callable with
+        ``fcntl.ioctl``'s signature, the request, and the START and END arguments for
+        ``flags``. A raw OSError from it is retried through ``sync``."""
 
     # --- buffers -------------------------------------------------------------------
     @abstractmethod

@@ -14,6 +14,7 @@ import errno as E
 import os
 import select
 import threading
+from collections.abc import Callable
 
 from .. import _memfd, _wait
 from .._fd import dup_cloexec
@@ -274,6 +275,13 @@ class FallbackBackend(Backend):
 
     def wait_idle(self, fd: int, write: bool, timeout: float | None, what: str) -> None:
         self._wait_fences(fd, write, _wait.deadline(timeout, what), what)
+
+    def sync_call(self, flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
+        return self._sync_as_ioctl, 0, flags, flags | _END
+
+    def _sync_as_ioctl(self, fd: int, _request: int, flags: object) -> None:
+        assert isinstance(flags, int)
+        self.sync(fd, flags)
 
     def sync(self, fd: int, flags: int) -> None:
         if flags & ~(_READ | _WRITE | _END) or not flags & (_READ | _WRITE):

@@ -6,6 +6,7 @@ import errno as E
 import os
 import select
 import threading
+from collections.abc import Callable
 
 from .. import _fdinfo, _ops, _wait
 from ..errors import (
@@ -51,6 +52,9 @@ class KernelBackend(Backend):
     name = "kernel"
     exporter = ""  # the kernel names its exporters ("system", "udmabuf", "drm")
     sync = staticmethod(_ops.dma_buf_sync)
+
+    def sync_call(self, flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
+        return _ops.dma_buf_sync_call(flags)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
