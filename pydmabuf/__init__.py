@@ -12,6 +12,7 @@ from ._access import CpuAccess
 from .backends import get_backend
 from .buffer import Buffer, Mapping
 from .channel import Consumer, Frame, Producer
+from .credentials import PeerCredentials, check_peer, peer_credentials
 from .errors import (
     ClosedError,
     Error,
@@ -47,6 +48,7 @@ __all__ = [
     "Mapping",
     "NotFoundError",
     "OutOfMemoryError",
+    "PeerCredentials",
     "PermissionDeniedError",
     "Producer",
     "ProtocolError",
@@ -57,8 +59,10 @@ __all__ = [
     "UnsupportedError",
     "backend",
     "channel",
+    "check_peer",
     "get_backend",
     "heaps",
+    "peer_credentials",
     "recv",
     "send",
     "udmabuf",
