@@ -1,0 +1,262 @@
+"""DRM pixel formats (fourcc codes) and format modifiers.
+
+``Format`` is one fourcc of the kernel's ``drm_fourcc.h`` with the plane layout of the
+kernel's ``drm_format_info`` table (generated into :mod:`pydmabuf._drm_formats` by
+``tools/gen_drm_formats.py``; ``KERNEL_VERSION`` says from which kernel). There is one
+object per code: ``Format(0x3231564E) is Format.from_name("NV12")``.
+
+Modifiers are plain ints (the kernel's u64), with the names the header gives them:
+``modifier_name(0) == "DRM_FORMAT_MOD_LINEAR"`` and back with ``modifier_value``.
+Parametric families (AMD, ARM AFBC/AFRC, NVIDIA block-linear, Broadcom SAND column
+heights, Amlogic) have no single name; ``describe_modifier`` names their vendor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+from . import _drm_formats as _table
+from .errors import invalid
+
+KERNEL_VERSION = _table.KERNEL_VERSION
+_U64 = (1 << 64) - 1
+
+#: every named modifier of the header (aliases included), name -> value
+MODIFIERS: Mapping[str, int] = MappingProxyType(dict(_table.MODIFIERS))
+#: modifier vendor name (``DRM_FORMAT_MOD_VENDOR_<name>``) -> the modifier's top 8 bits
+VENDORS: Mapping[str, int] = MappingProxyType(dict(_table.VENDORS))
+_MODIFIER_NAMES: dict[int, str] = {}
+for _name, _value in _table.MODIFIERS:
+    _MODIFIER_NAMES.setdefault(_value, _name)  # the table lists canonical names first
+_VENDOR_NAMES = {value: name for name, value in _table.VENDORS}
+
+LINEAR: int = MODIFIERS["DRM_FORMAT_MOD_LINEAR"]  # 0: plain rows of pixels
+#: DRM_FORMAT_MOD_INVALID: "no explicit modifier": the layout is what the driver
+#: implies (EGL without modifier attributes, ADDFB2 without DRM_MODE_FB_MODIFIERS).
+MOD_INVALID: int = MODIFIERS["DRM_FORMAT_MOD_INVALID"]
+
+
+def check_modifier(modifier: object) -> int:
+    """A modifier argument: an int in 0..2**64-1, else InvalidArgumentError."""
+    if isinstance(modifier, int) and not isinstance(modifier, bool) and 0 <= modifier <= _U64:
+        return int(modifier)
+    raise invalid(f"a modifier is an int in 0..2**64-1, got {modifier!r}")
+
+
+def modifier_name(modifier: int) -> str:
+    """The header's name of ``modifier`` (the first one where it has aliases), e.g.
+    ``"I915_FORMAT_MOD_X_TILED"``. ValueError for a value the header does not name."""
+    value = check_modifier(modifier)
+    name = _MODIFIER_NAMES.get(value)
+    if name is None:
+        raise invalid(f"modifier 0x{value:016x} has no name in drm_fourcc.h "
+                      f"({describe_modifier(value)}); see describe_modifier()")
+    return name
+
+
+def modifier_value(name: str) -> int:
+    """The value of a named modifier: the header's name (``"DRM_FORMAT_MOD_LINEAR"``,
+    ``"I915_FORMAT_MOD_Y_TILED"``) or a DRM_FORMAT_MOD_ name without that prefix
+    (``"LINEAR"``). ValueError for an unknown name."""
+    if not isinstance(name, str):
+        raise TypeError(f"a modifier name must be a str, got {type(name).__name__}")
+    for candidate in (name, "DRM_FORMAT_MOD_" + name):
+        if candidate in MODIFIERS:
+            return MODIFIERS[candidate]
+    raise invalid(f"unknown modifier name {name!r} (drm_fourcc.h of Linux {KERNEL_VERSION} "
+                  "names these: pydmabuf.formats.MODIFIERS)")
+
+
+def modifier_vendor(modifier: int) -> str:
+    """The vendor of a modifier, e.g. ``"NONE"`` for LINEAR, ``"AMD"``; ValueError when the
+    top 8 bits are no vendor of the header."""
+    value = check_modifier(modifier)
+    vendor = _VENDOR_NAMES.get(value >> 56)
+    if vendor is None:
+        raise invalid(f"modifier 0x{value:016x}: unknown vendor 0x{value >> 56:02x}")
+    return vendor
+
+
+def describe_modifier(modifier: int) -> str:
+    """A name for any modifier: the header's name, else ``VENDOR:0x...`` (never raises
+    for a valid value)."""
+    value = check_modifier(modifier)
+    name = _MODIFIER_NAMES.get(value)
+    if name is not None:
+        return name
+    vendor = _VENDOR_NAMES.get(value >> 56, f"vendor 0x{value >> 56:02x}")
+    return f"{vendor}:0x{value:016x}"
+
+
+class PlaneFormat(NamedTuple):
+    """How one plane of a format stores pixels, as the kernel's drm_format_info does.
+
+    A block of ``block_width`` x ``block_height`` pixels takes ``bytes_per_block`` bytes
+    (1x1 for most formats; 0 bytes: the plane only exists with a non-linear modifier).
+    The plane covers ``ceil(width / hsub)`` x ``ceil(height / vsub)`` pixels of the image.
+    """
+
+    bytes_per_block: int
+    block_width: int
+    block_height: int
+    hsub: int
+    vsub: int
+
+    def width(self, width: int) -> int:
+        """The plane's width in pixels for an image ``width`` pixels wide."""
+        return -(-width // self.hsub)
+
+    def height(self, height: int) -> int:
+        """The plane's height in pixels (rows of the plane) for an image ``height`` high."""
+        return -(-height // self.vsub)
+
+    def min_pitch(self, width: int) -> int:
+        """The fewest bytes a row of this plane takes (drm_format_info_min_pitch)."""
+        return -(-(self.width(width) * self.bytes_per_block) // (self.block_width * self.block_height))
+
+
+class Format:
+    """A DRM fourcc pixel format. ``Format(code)`` and ``Format.from_name(name)`` return
+    the one object for that code; an unknown code or name is ``InvalidArgumentError``
+    (a ``ValueError``)."""
+
+    __slots__ = ("_fourcc", "_name", "_planes", "_flags")
+    _fourcc: int
+    _name: str
+    _planes: tuple[PlaneFormat, ...]
+    _flags: int
+
+    def __new__(cls, fourcc: int | Format) -> Format:
+        if isinstance(fourcc, Format):
+            return fourcc
+        if not isinstance(fourcc, int) or isinstance(fourcc, bool):
+            hint = "; use Format.from_name() for names" if isinstance(fourcc, str) else ""
+            raise TypeError(f"Format() takes a fourcc code (int), got {type(fourcc).__name__}{hint}")
+        found = _BY_CODE.get(fourcc)
+        if found is None:
+            shown = f"0x{fourcc:08x}" if fourcc >= 0 else str(fourcc)
+            if 0 <= fourcc <= 0xFFFFFFFF and _fourcc_chars(fourcc).isprintable():
+                shown += f" ({_fourcc_chars(fourcc)!r})"
+            raise invalid(f"unknown DRM fourcc {shown}: not in drm_fourcc.h of Linux {KERNEL_VERSION} "
+                          "(Format.from_name() takes names like 'NV12')")
+        return found
+
+    @classmethod
+    def _make(cls, name: str, fourcc: int, planes: tuple[tuple[int, int, int], ...],
+              hsub: int, vsub: int, flags: int) -> Format:
+        self = object.__new__(cls)
+        self._fourcc = fourcc
+        self._name = name
+        # drm_format_info's hsub/vsub subsample every plane but the first.
+        self._planes = tuple(PlaneFormat(size, bw, bh, 1 if i == 0 else hsub, 1 if i == 0 else vsub)
+                             for i, (size, bw, bh) in enumerate(planes))
+        self._flags = flags
+        return self
+
+    @classmethod
+    def from_name(cls, name: str) -> Format:
+        """The format called ``name`` in drm_fourcc.h, without or with its ``DRM_FORMAT_``
+        prefix: ``"NV12"``, ``"XRGB8888"``, ``"DRM_FORMAT_P010"``."""
+        if not isinstance(name, str):
+            raise TypeError(f"a format name must be a str, got {type(name).__name__}")
+        found = _BY_NAME.get(name[len("DRM_FORMAT_"):] if name.startswith("DRM_FORMAT_") else name)
+        if found is None:
+            raise invalid(f"unknown DRM format name {name!r} (drm_fourcc.h of Linux {KERNEL_VERSION}; "
+                          "names are like 'NV12', 'XRGB8888': Format.all() lists them)")
+        return found
+
+    @staticmethod
+    def all() -> tuple[Format, ...]:
+        """Every format of the table, in header order."""
+        return _ALL
+
+    # --- facts ---------------------------------------------------------------------
+    @property
+    def fourcc(self) -> int:
+        return self._fourcc
+
+    @property
+    def name(self) -> str:
+        """The drm_fourcc.h name without ``DRM_FORMAT_`` (``"NV12"``)."""
+        return self._name
+
+    @property
+    def fourcc_string(self) -> str:
+        """The four characters of the code (``"XR24"`` for XRGB8888, ``"R8  "`` for R8):
+        what GStreamer's ``drm-format`` and kernel logs print."""
+        return _fourcc_chars(self._fourcc)
+
+    @property
+    def planes(self) -> tuple[PlaneFormat, ...]:
+        return self._planes
+
+    @property
+    def num_planes(self) -> int:
+        return len(self._planes)
+
+    @property
+    def linear(self) -> bool:
+        """Whether plane sizes can be computed without a modifier (False for formats
+        such as YUV420_8BIT that only exist tiled or compressed)."""
+        return bool(self._planes) and all(p.bytes_per_block for p in self._planes)
+
+    @property
+    def is_yuv(self) -> bool:
+        return bool(self._flags & _table.IS_YUV)
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(self._flags & _table.HAS_ALPHA)
+
+    @property
+    def is_color_indexed(self) -> bool:
+        return bool(self._flags & _table.COLOR_INDEXED)
+
+    @property
+    def layout_from_header(self) -> bool:
+        """True where drm_format_info has no entry and the pixel size was read from the
+        header's comment (R16, RG88, GR88, RG1616, GR1616, AVUY8888, XVUY8888)."""
+        return bool(self._flags & _table.FROM_HEADER)
+
+    # --- value semantics -----------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Format) and other._fourcc == self._fourcc
+
+    def __hash__(self) -> int:
+        return hash(self._fourcc)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Format, (self._fourcc,))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if hasattr(self, "_flags"):
+            raise AttributeError("Format objects are immutable")
+        object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"<Format {self._name} 0x{self._fourcc:08x} {self.fourcc_string!r} planes={len(self._planes)}>"
+
+    def __str__(self) -> str:
+        return self._name
+
+
+def _fourcc_chars(code: int) -> str:
+    return code.to_bytes(4, "little").decode("latin-1")
+
+
+def as_format(value: object) -> Format:
+    """A format argument: a Format, its name, or its fourcc code."""
+    if isinstance(value, Format):
+        return value
+    if isinstance(value, str):
+        return Format.from_name(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Format(value)
+    raise TypeError(f"a format is a pydmabuf.Format, its name or its fourcc, got {type(value).__name__}")
+
+
+_ALL: tuple[Format, ...] = tuple(Format._make(*row) for row in _table.FORMATS)
+_BY_CODE: dict[int, Format] = {f.fourcc: f for f in _ALL}
+_BY_NAME: dict[str, Format] = {f.name: f for f in _ALL}
