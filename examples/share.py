@@ -26,9 +26,7 @@ def consumer(address: str) -> None:
 
 if __name__ == "__main__":
     address = f"@pydmabuf-example-{os.getpid()}"  # "@": an abstract socket, no file
-    # max_pending=2 (the whole pool): the consumer gets every frame and paces acquire();
-    # the default (half the pool) skips frames for a consumer that falls behind.
-    with Producer(address, size=SIZE, count=2, max_pending=2) as producer, pydmabuf.Timeline() as timeline:
+    with Producer(address, size=SIZE, count=2) as producer, pydmabuf.Timeline() as timeline:
         child = multiprocessing.get_context("spawn").Process(target=consumer, args=(address,))
         child.start()
         producer.wait_for_consumers(1, timeout=30)

@@ -190,12 +190,14 @@ class Producer:
     ``allow_uids`` or primary gid in ``allow_gids``; others get no frame, their
     ``receive()`` raises PermissionDeniedError, and ``events`` records "refused".
 
-    A consumer falls behind when it holds ``max_pending`` frames (default: half the
-    pool, so a stalled consumer leaves the other half to the rest) or its socket is
-    full. ``slow_consumer="drop"`` skips frames for it until it catches up;
-    ``"disconnect"`` drops its connection, releasing what it held. ``submit`` never
-    blocks. ``max_pending=count`` delivers every frame to every consumer: the slowest
-    then paces ``acquire``.
+    ``submit`` never blocks. A consumer falls behind when it holds ``max_pending``
+    unreleased frames or its socket is full (it stopped reading);
+    ``slow_consumer="drop"`` skips frames for it until it catches up, ``"disconnect"``
+    drops its connection, releasing what it held. The default ``max_pending`` is the
+    pool: every consumer gets every frame and the slowest paces ``acquire`` (which
+    waits up to its timeout), so one stalled consumer holds up the rest. To keep
+    consumers apart, give ``max_pending`` below ``count`` (e.g. ``count // 2``): a
+    stalled consumer then keeps at most that many buffers.
 
     Single-threaded: call ``acquire``, ``submit`` or ``poll`` to let it notice
     consumers and releases. After ``close()`` every method raises ClosedError.
@@ -263,7 +265,7 @@ class Producer:
     @staticmethod
     def _pending_limit(max_pending: int | None, count: int) -> int:
         if max_pending is None:
-            return max(1, count // 2)
+            return count  # the pool is the only bound: every consumer gets every frame
         if isinstance(max_pending, bool) or not isinstance(max_pending, int):
             raise TypeError(f"max_pending must be an int or None, got {type(max_pending).__name__}")
         if max_pending < 1:

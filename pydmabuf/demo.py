@@ -97,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
     child: subprocess.Popen[bytes] | None = None
     status = 1
     try:
-        # max_pending=all: every frame reaches the consumer (the default skips frames
-        # for a consumer holding half the pool, so one stalled consumer cannot stop others).
-        with channel.Producer(address, buffers=buffers, max_pending=len(buffers)) as producer:
+        with channel.Producer(address, buffers=buffers) as producer:
             child = subprocess.Popen([sys.executable, "-m", "pydmabuf", "demo", "--consume", address])
             producer.wait_for_consumers(1, timeout=60)
             t0 = time.monotonic()

@@ -80,7 +80,7 @@ def test_frames_flow_and_buffers_are_reused(fences: bool) -> None:
     if fences and TIMELINE_MISSING:
         pytest.skip(TIMELINE_MISSING)
     path = address()
-    with Producer(path, size=SIZE, count=2, max_pending=2) as producer:  # every frame
+    with Producer(path, size=SIZE, count=2) as producer:
         pid = fork(lambda: _consume(path, expect=12))
         producer.wait_for_consumers(1, timeout=10)
         timeline = pydmabuf.Timeline() if fences else None
@@ -96,7 +96,7 @@ def test_frames_flow_and_buffers_are_reused(fences: bool) -> None:
 
 def test_every_consumer_gets_every_frame_and_all_must_release() -> None:
     path = address()
-    with Producer(path, size=SIZE, count=3, max_pending=3) as producer:
+    with Producer(path, size=SIZE, count=3) as producer:
         pids = [fork(lambda: _consume(path, expect=9)) for _ in range(2)]
         producer.wait_for_consumers(2, timeout=10)
         _produce(producer, 1, 9, None)
@@ -109,7 +109,7 @@ def test_every_consumer_gets_every_frame_and_all_must_release() -> None:
 
 def test_consumer_close_is_clean_and_releases() -> None:
     path = address()
-    with Producer(path, size=SIZE, count=2, max_pending=2) as producer:
+    with Producer(path, size=SIZE, count=2) as producer:
         consumer = Consumer.connect(path)
         producer.wait_for_consumers(1, timeout=5)
         _produce(producer, 1, 2, None)
@@ -137,7 +137,7 @@ def test_consumer_killed_mid_stream_releases_its_buffers() -> None:
     path = address()
     before = open_fds()
     report, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with Producer(path, size=SIZE, count=3, max_pending=3) as producer:
+    with Producer(path, size=SIZE, count=3) as producer:
         def consumer() -> int:
             report.close()
             return _consume(path, hold=3, report=child_end)
@@ -167,7 +167,7 @@ def test_producer_killed_mid_stream_gives_end_of_stream() -> None:
     before = open_fds()
 
     def producer() -> int:
-        with Producer(path, size=SIZE, count=4, max_pending=4) as p:
+        with Producer(path, size=SIZE, count=4) as p:
             p.wait_for_consumers(1, timeout=10)
             _produce(p, 1, 3, None)
             time.sleep(60)  # killed here, mid-stream

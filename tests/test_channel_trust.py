@@ -374,6 +374,8 @@ def test_timeouts_and_arguments_are_checked() -> None:
             with pytest.raises(pydmabuf.InvalidArgumentError):
                 Producer(address(), buffers=buffers)  # type: ignore[arg-type]
         assert buf.fileno() >= 0  # refused buffers are not taken
+    with Producer(address(), size=SIZE, count=3) as producer:
+        assert producer.max_pending == 3  # by default the pool is the only bound
     path = address()
     with Producer(path, size=SIZE, count=1) as producer, Consumer.connect(path) as consumer:
         for call in (lambda: producer.acquire(timeout=-1), lambda: producer.poll(float("nan")),
