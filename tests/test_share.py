@@ -205,27 +205,78 @@ def test_eof_and_bad_arguments(heap: pydmabuf.Heap, pair: tuple[socket.socket, s
         pydmabuf.send(a, "not a buffer")  # type: ignore[arg-type]
     with pytest.raises(pydmabuf.InvalidArgumentError):
         share.send(a, data=bytes(share.MAX_DATA + 1))
+    with pytest.raises(TypeError, match="data must be bytes"):
+        share.send(a, data="text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a socket"):
+        pydmabuf.send("not a socket", data=b"x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a socket"):
+        pydmabuf.send(a.fileno(), data=b"x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a socket"):
+        pydmabuf.recv("not a socket")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a socket"):
+        pydmabuf.recv(b.fileno())  # type: ignore[arg-type]
     a.shutdown(socket.SHUT_WR)
     with pytest.raises(EOFError):
         pydmabuf.recv(b)
 
 
-def test_verify_rejects_a_lying_header(heap: pydmabuf.Heap) -> None:
+def test_closed_socket_is_a_closed_error(heap: pydmabuf.Heap) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.close()
+    b.close()
+    with heap.allocate(4096) as buf:
+        for call in (lambda: pydmabuf.send(a, buf), lambda: share.send(a, data=b"x"),
+                     lambda: pydmabuf.recv(b), lambda: pydmabuf.recv(b, timeout=1)):
+            with pytest.raises(pydmabuf.ClosedError):
+                call()
+
+
+def test_send_needs_an_af_unix_socket(heap: pydmabuf.Heap) -> None:
+    # UDP would even take the message and silently drop the fds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, heap.allocate(4096) as buf, \
+            pytest.raises(pydmabuf.InvalidArgumentError, match="AF_UNIX"):
+        pydmabuf.send(udp, buf)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_lying_header_is_refused_with_or_without_verify(heap: pydmabuf.Heap, verify: bool) -> None:
+    # verification is always on: verify=False is accepted and changes nothing
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     r, w = os.pipe()
-    with a, b, heap.allocate(4096) as buf:
-        c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with c, d:
-            pydmabuf.send(c, buf)
-            msg, anc, _flags, _addr = d.recvmsg(4096, socket.CMSG_SPACE(4))
-            os.close(array.array("i", anc[0][2])[0])
-        before = open_fds()
-        _raw_send(a, msg, [r])  # a pipe described as a buffer
-        with pytest.raises(pydmabuf.InvalidArgumentError):
-            pydmabuf.recv(b, verify=True)
-        assert open_fds() == before
-    os.close(r)
-    os.close(w)
+    try:
+        with a, b, heap.allocate(4096) as buf:
+            c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with c, d:
+                pydmabuf.send(c, buf)
+                msg, anc, _flags, _addr = d.recvmsg(4096, socket.CMSG_SPACE(4))
+                os.close(array.array("i", anc[0][2])[0])
+            before = open_fds()
+            _raw_send(a, msg, [r])  # a pipe described as a buffer
+            with pytest.raises(share.ProtocolError, match="not a dma-buf or a sealed memfd") as info:
+                pydmabuf.recv(b, verify=verify)
+            assert info.value.errno == errno.EPROTO
+            assert open_fds() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_buffers_of_both_backends_in_one_message(heap: pydmabuf.Heap,
+                                                 pair: tuple[socket.socket, socket.socket]) -> None:
+    """Each received object gets the backend its fd implies: in the VM a kernel
+    dma-buf and a fallback memfd travel together; natively both are fallback."""
+    a, b = pair
+    with pydmabuf.Heap("system", backend="fallback") as fallback_heap, \
+            heap.allocate(SIZE) as native, fallback_heap.allocate(2 * SIZE) as emulated:
+        share.send(a, native, emulated, native, data=b"mixed")
+        got, data = share.recv_data(b, timeout=10)
+        try:
+            assert data == b"mixed"
+            assert [(o.backend, o.size) for o in got] == [
+                (native.backend, SIZE), ("fallback", 2 * SIZE), (native.backend, SIZE)]
+        finally:
+            for obj in got:
+                obj.close()
 
 
 # --- from_pid --------------------------------------------------------------------
