@@ -1,12 +1,19 @@
 """fd passing between processes: pydmabuf next to C and plain socket.send_fds, same run.
 
-    python benchmarks/bench_share.py [--rtt N] [--frames N] [--repeat R]
+    python benchmarks/bench_share.py [--rtt N] [--frames N] [--repeat R] [--verify N]
 
 rtt: one buffer fd goes to a forked echo process and back over SOCK_SEQPACKET;
 microseconds per round trip (two sends, two receives, two closes).
   C          sendmsg/recvmsg + MSG_CMSG_CLOEXEC (benchmarks/c/fdpass.c, built now)
   send_fds   socket.send_fds / socket.recv_fds on raw ints (no close-on-exec)
-  pydmabuf   pydmabuf.send / pydmabuf.recv on Buffer objects
+  pydmabuf   pydmabuf.send / pydmabuf.recv on Buffer objects (recv verifies every fd)
+  unverified the same with recv's fd classification replaced by a constant, so the
+             difference to pydmabuf is what the always-on verification costs (twice
+             per round trip: both ends receive)
+
+verification: the per-fd check recv runs, alone, in this process (ns per fd): what
+buffer_backend() costs on a buffer fd of the default backend and on a fallback memfd,
+and fence_backend() on a fence, next to one bare os.fstat().
 
 channel: a pool of 4 buffers; the producer sends one per frame, the consumer maps
 it read-only, reads its first and last byte, unmaps, and releases it; the producer
@@ -22,6 +29,7 @@ Buffers come from the default backend: dma-heap on a kernel, memfds on the fallb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mmap
 import os
 import resource
@@ -36,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydmabuf
+from pydmabuf import share
+from pydmabuf.backends import buffer_backend, fence_backend
 from pydmabuf.channel import Consumer, Producer
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +99,7 @@ def forked(child: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
 
 # --- round trips ------------------------------------------------------------------
 
-def rtt_send_fds(buf: pydmabuf.Buffer, n: int) -> float:
+def rtt_send_fds(buf: pydmabuf.Buffer, n: int) -> Result:
     def echo(s: socket.socket) -> None:
         while True:
             msg, fds, _f, _a = socket.recv_fds(s, 64, 1)
@@ -110,7 +120,18 @@ def rtt_send_fds(buf: pydmabuf.Buffer, n: int) -> float:
     return dt / n * 1e6, (cpu + cpu_child(pid)) / n * 1e6
 
 
-def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> float:
+def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int, verify: bool = True) -> Result:
+    if verify:
+        return _rtt_pydmabuf(buf, n)
+    known = share.buffer_backend(buf.fileno())  # every fd here is this buffer's file
+    share.buffer_backend = lambda fd: known  # type: ignore[assignment]
+    try:
+        return _rtt_pydmabuf(buf, n)  # the echo child is forked with the stub too
+    finally:
+        share.buffer_backend = buffer_backend
+
+
+def _rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> Result:
     def echo(s: socket.socket) -> None:
         while True:
             try:
@@ -129,6 +150,37 @@ def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> float:
     dt, cpu = time.perf_counter() - t0, cpu_self() - c0
     s.close()
     return dt / n * 1e6, (cpu + cpu_child(pid)) / n * 1e6
+
+
+# --- verification alone -------------------------------------------------------------
+
+def per_call_ns(fn: Callable[[int], object], fd: int, n: int) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn(fd)
+    return (time.perf_counter_ns() - t0) / n
+
+
+def verification(heap: pydmabuf.Heap, n: int, repeat: int) -> None:
+    with contextlib.ExitStack() as stack:
+        native = stack.enter_context(heap.allocate(4096))
+        fallback_heap = stack.enter_context(pydmabuf.Heap("system", backend="fallback"))
+        memfd = stack.enter_context(fallback_heap.allocate(4096))
+        rows: list[tuple[str, Callable[[int], object], int]] = [
+            (f"buffer_backend, {native.backend} buffer", buffer_backend, native.fileno()),
+        ]
+        if native.backend != "fallback":
+            rows.append(("buffer_backend, fallback memfd", buffer_backend, memfd.fileno()))
+        try:
+            timeline = stack.enter_context(pydmabuf.Timeline())
+            fence = stack.enter_context(timeline.fence(1))
+            rows.append((f"fence_backend, {fence.backend} fence", fence_backend, fence.fileno()))
+        except pydmabuf.UnsupportedError:
+            pass
+        rows.append(("os.fstat alone (one syscall)", os.fstat, native.fileno()))
+        print(f"\nverification alone, per fd ({n} calls per run, best of {repeat}; ns)")
+        for label, fn, fd in rows:
+            print(f"    {label:34} {min(per_call_ns(fn, fd, n) for _ in range(repeat)):8.0f} ns")
 
 
 # --- channel ----------------------------------------------------------------------
@@ -201,14 +253,18 @@ def report(results: dict[str, Result], unit: str, lower_is_better: bool) -> None
     c_value, _c_cpu = results["C"]
     plain_value, plain_cpu = results["send_fds"]
     for name, (value, cpu) in results.items():
-        line = f"    {name:9} {value:10.2f} {unit:9} CPU {cpu:6.2f} us"
+        line = f"    {name:10} {value:10.2f} {unit:9} CPU {cpu:6.2f} us"
         if name != "C":
             ratio = value / c_value if lower_is_better else c_value / value
             line += f"   {ratio:4.2f} x C"
-        if name == "pydmabuf":
+        if name in ("pydmabuf", "unverified"):
             ratio = value / plain_value if lower_is_better else plain_value / value
             line += f", {ratio:4.2f} x send_fds (CPU {cpu / plain_cpu:4.2f} x)"
         print(line)
+    if "unverified" in results:
+        (value, cpu), (bare, bare_cpu) = results["pydmabuf"], results["unverified"]
+        print(f"    verification: {value - bare:+.2f} {unit} per round trip, "
+              f"CPU {cpu - bare_cpu:+.2f} us (two receives, one fd each)")
 
 
 def main() -> int:
@@ -216,6 +272,7 @@ def main() -> int:
     p.add_argument("--rtt", type=int, default=20000, help="round trips per run")
     p.add_argument("--frames", type=int, default=20000, help="4 KiB frames per run (8 MiB: a tenth)")
     p.add_argument("--repeat", type=int, default=5, help="runs of each; the best counts")
+    p.add_argument("--verify", type=int, default=100000, help="calls per run of the per-fd verification")
     args = p.parse_args()
     nan = (float("nan"), float("nan"))
 
@@ -228,9 +285,11 @@ def main() -> int:
                 "C": (lambda: run_c(exe, "rtt", args.rtt)) if exe else lambda: nan,
                 "send_fds": lambda: rtt_send_fds(buf, args.rtt),
                 "pydmabuf": lambda: rtt_pydmabuf(buf, args.rtt),
+                "unverified": lambda: rtt_pydmabuf(buf, args.rtt, verify=False),
             }, args.repeat, min)
         print(f"\nfd round trip ({args.rtt} per run; lower is better)")
         report(results, "us", True)
+        verification(heap, args.verify, args.repeat)
 
         print("\nchannel (consumer maps read-only, reads 2 bytes, unmaps, releases; higher is better)")
         for size, n in ((4096, args.frames), (8 << 20, max(args.frames // 10, 100))):
