@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from _procs import fork, join
-from conftest import BACKEND, IN_VM, TIMELINE_MISSING, needs_timeline
+from conftest import BACKEND, IN_VM, TIMELINE_MISSING, needs_timeline, open_fds
 
 import pydmabuf
 
@@ -45,7 +45,10 @@ def _run_in_child(body: Callable[[], Stats], timeout: float) -> Stats:
     def child() -> int:
         os.close(r)
         sys.setswitchinterval(1e-6)  # switch threads as often as possible: more races
-        data = json.dumps(body()).encode()
+        before = open_fds()
+        stats = body()
+        stats["fds_left"] = open_fds() - before  # every deferred close happened
+        data = json.dumps(stats).encode()
         os.write(w, data)
         return 0
 
@@ -83,14 +86,17 @@ def _hammer(ops: list[Callable[[], object]], unexpected: list[str]) -> None:
                 return
 
 
-def _race(ops: list[Callable[[], object]], close: Callable[[], None], reuse: Callable[[], None],
-          rng: random.Random) -> list[str]:
+def _race(ops: list[Callable[[], object]], target: pydmabuf.Buffer | pydmabuf.SyncFile | pydmabuf.Heap,
+          reuse: Callable[[], None], rng: random.Random, stats: Stats) -> list[str]:
     """One round: A hammers, we close at a random moment and reuse the number at once."""
     unexpected: list[str] = []
     a = threading.Thread(target=_hammer, args=(ops, unexpected))
     a.start()
     time.sleep(rng.random() * 300e-6)
-    close()
+    target.close()
+    # A was inside a method: close() left the number to A's release (the race this
+    # file is about actually happened).
+    stats["deferred"] += bool(getattr(target, "_cell", None))
     reuse()
     a.join()
     return unexpected
@@ -133,7 +139,7 @@ def _buffer_ops(buf: pydmabuf.Buffer) -> list[Callable[[], object]]:
 
 def _buffer_rounds(rounds: int) -> Stats:
     rng = random.Random(9)
-    stats: Stats = {"rounds": 0, "renamed": 0, "written": 0, "unexpected": 0, "details": []}
+    stats: Stats = {"rounds": 0, "deferred": 0, "renamed": 0, "written": 0, "unexpected": 0, "details": []}
     with pydmabuf.Heap("system") as heap:
         for i in range(rounds):
             buf = heap.allocate(PAGE)
@@ -149,7 +155,7 @@ def _buffer_rounds(rounds: int) -> Stats:
                     makers[(i + k) % len(makers)]()
                 victims.append(heap.allocate(PAGE))
 
-            for problem in _race(_buffer_ops(buf), buf.close, reuse, rng):
+            for problem in _race(_buffer_ops(buf), buf, reuse, rng, stats):
                 _note(stats, "unexpected", problem)
             for v in victims:
                 if v.name is not None:
@@ -189,11 +195,12 @@ def test_buffer_methods_racing_close_never_touch_a_reused_number() -> None:
     _report("Buffer vs close", stats)
     assert stats["rounds"] == ROUNDS
     assert (stats["renamed"], stats["written"], stats["unexpected"]) == (0, 0, 0), stats["details"]
+    assert stats["fds_left"] == 0
 
 
 def _sync_file_rounds(rounds: int) -> Stats:
     rng = random.Random(10)
-    stats: Stats = {"rounds": 0, "wrong_target": 0, "unexpected": 0, "details": []}
+    stats: Stats = {"rounds": 0, "deferred": 0, "wrong_target": 0, "unexpected": 0, "details": []}
     with pydmabuf.Timeline() as timeline:
         timeline.signal(1)
         pending_point = 2**31 - 1  # never signaled during the rounds
@@ -225,7 +232,7 @@ def _sync_file_rounds(rounds: int) -> Stats:
                 for k in range(len(makers)):
                     makers[(i + k) % len(makers)]()
 
-            for problem in _race([signaled, wait, info], fence.close, reuse, rng):
+            for problem in _race([signaled, wait, info], fence, reuse, rng, stats):
                 _note(stats, "unexpected", problem)
             for problem in seen:
                 _note(stats, "wrong_target", f"round {i}: {problem}")
@@ -246,11 +253,12 @@ def test_sync_file_methods_racing_close_never_touch_a_reused_number() -> None:
     _report("SyncFile vs close", stats)
     assert stats["rounds"] == ROUNDS
     assert (stats["wrong_target"], stats["unexpected"]) == (0, 0), stats["details"]
+    assert stats["fds_left"] == 0
 
 
 def _heap_rounds(rounds: int) -> Stats:
     rng = random.Random(11)
-    stats: Stats = {"rounds": 0, "unexpected": 0, "details": []}
+    stats: Stats = {"rounds": 0, "deferred": 0, "unexpected": 0, "details": []}
     for i in range(rounds):
         heap = pydmabuf.Heap("system")
         files: list[int] = []
@@ -265,7 +273,7 @@ def _heap_rounds(rounds: int) -> Stats:
             for k in range(len(makers)):
                 makers[(i + k) % len(makers)]()
 
-        for problem in _race([allocate], heap.close, reuse, rng):
+        for problem in _race([allocate], heap, reuse, rng, stats):
             _note(stats, "unexpected", f"round {i}: {problem}")
         for fd in files:
             os.close(fd)
@@ -279,3 +287,4 @@ def test_heap_allocate_racing_close_never_touches_a_reused_number() -> None:
     _report("Heap.allocate vs close", stats)
     assert stats["rounds"] == rounds
     assert stats["unexpected"] == 0, stats["details"]
+    assert stats["fds_left"] == 0
