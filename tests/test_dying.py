@@ -181,7 +181,7 @@ def test_merged_fence_whose_merging_process_dies(timeline: pydmabuf.Timeline) ->
         _kill_unless_reaped(pid)
 
 
-def test_merge_of_fences_from_a_killed_owner_signals(heap: pydmabuf.Heap) -> None:
+def test_merge_of_fences_from_a_killed_owner_signals() -> None:
     # Both inputs belong to the child; the parent merges them. The merge signals once
     # both have, which they do when their owner dies.
     with child_owning(_two_pending) as (pid, (a, b)):
