@@ -44,8 +44,7 @@ from types import TracebackType
 from . import _memfd, share
 from ._wait import deadline, expired, remaining_ms
 from .buffer import Buffer, Mapping
-from .credentials import _ids as _id_set
-from .credentials import check_peer, peer_credentials
+from .credentials import check_peer, id_set, peer_credentials
 from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_out
 from .heap import Heap
 from .syncfile import SyncFile
@@ -228,8 +227,8 @@ class Producer:
         if slow_consumer not in SLOW_CONSUMER_POLICIES:
             raise invalid(f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}, got {slow_consumer!r}")
         self.slow_consumer = slow_consumer
-        self._allow_uids = _id_set(allow_uids, "allow_uids")
-        self._allow_gids = _id_set(allow_gids, "allow_gids")
+        self._allow_uids = id_set(allow_uids, "allow_uids")
+        self._allow_gids = id_set(allow_gids, "allow_gids")
         try:
             self._buffers = self._own(buffers) if buffers is not None else self._allocate(size, count, heap)
             self.max_pending = self._pending_limit(max_pending, len(self._buffers))
@@ -697,7 +696,7 @@ class Consumer:
         root, or as a uid in ``allow_uids``; else PermissionDeniedError."""
         address = _address(path)
         until = deadline(timeout, "Consumer.connect")
-        uids = _id_set(allow_uids, "allow_uids")
+        uids = id_set(allow_uids, "allow_uids")
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:

@@ -39,7 +39,8 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     return PeerCredentials(*_UCRED.unpack(raw))
 
 
-def _ids(values: Iterable[int] | None, what: str) -> frozenset[int]:
+def id_set(values: Iterable[int] | None, what: str) -> frozenset[int]:
+    """``allow_uids``/``allow_gids`` checked: ints >= 0 (InvalidArgumentError otherwise)."""
     if values is None:
         return frozenset()
     out = set()
@@ -64,14 +65,14 @@ def check_peer(
     trusts a root producer, a root camera daemon for example).
     """
     creds = peer_credentials(sock)
-    uids = _ids(allow_uids, "allow_uids") | {os.geteuid()}
+    uids = id_set(allow_uids, "allow_uids") | {os.geteuid()}
     if allow_root:
         uids |= {0}
-    if creds.uid in uids or creds.gid in _ids(allow_gids, "allow_gids"):
+    if creds.uid in uids or creds.gid in id_set(allow_gids, "allow_gids"):
         return creds
     raise PermissionDeniedError(
         E.EACCES,
         f"peer pid {creds.pid} runs as uid {creds.uid} gid {creds.gid}, which may not connect "
-        f"(allowed uids {sorted(uids)}, gids {sorted(_ids(allow_gids, 'allow_gids'))}; "
+        f"(allowed uids {sorted(uids)}, gids {sorted(id_set(allow_gids, 'allow_gids'))}; "
         "pass allow_uids= or allow_gids= to admit it)",
     )
