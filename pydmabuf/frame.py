@@ -164,7 +164,8 @@ class Frame:
                  "_closed", "_maps")
 
     def __init__(self, width: int, height: int, format: Format | str | int, objects: Sequence[Buffer],
-                 planes: Sequence[Plane], *, modifier: int = LINEAR, own: bool = True) -> None:
+                 planes: Sequence[Plane | tuple[int, int, int]], *, modifier: int = LINEAR,
+                 own: bool = True) -> None:
         self._closed = True  # until checked: close() of a half-made frame does nothing
         self._maps: dict[tuple[int, bool], Mapping] = {}
         self._own = bool(own)
@@ -190,7 +191,7 @@ class Frame:
                 raise ClosedError(errno.EBADF, f"objects[{index}] is a closed Buffer")
         return result
 
-    def _checked_planes(self, planes: Sequence[Plane]) -> tuple[Plane, ...]:
+    def _checked_planes(self, planes: Sequence[Plane | tuple[int, int, int]]) -> tuple[Plane, ...]:
         if not isinstance(planes, Sequence) or isinstance(planes, (str, bytes)):
             raise invalid("planes is a sequence of 1-4 pydmabuf.Plane")
         result = tuple(_checked_plane(p, len(self._objects)) for p in planes)
