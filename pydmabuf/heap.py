@@ -9,7 +9,18 @@ from ._fd import FdHolder, hold_append, hold_remove
 from ._memfd import PAGE_SIZE
 from .backends import Backend, get_backend
 from .buffer import Buffer, new_buffer
-from .errors import check_name, closed, error, invalid
+from .errors import NotFoundError, PermissionDeniedError, check_name, closed, error, invalid
+
+# Names that stand for whichever node a kernel gives one kind of heap, in the order
+# tried. The CMA heap's node: its fixed name since Linux 6.17 first (the legacy node
+# is a duplicate of it under CONFIG_DMABUF_HEAPS_CMA_LEGACY), then the older names
+# taken from the device tree ("linux,cma", "default-pool") or from cma= on the command
+# line ("reserved"), then "cma", the name Android's libdmabufheap and Rockchip's BSP
+# kernels give it. (Raspberry Pi's "vidbuf_cached" is a udev symlink that points at
+# the system heap on a Pi 5, so it is not an alias of CMA.)
+HEAP_ALIASES: dict[str, tuple[str, ...]] = {
+    "cma": ("default_cma_region", "linux,cma", "reserved", "default-pool", "cma"),
+}
 
 
 def heaps(*, backend: str | Backend | None = None) -> list[str]:
@@ -50,12 +61,17 @@ class Heap(FdHolder):
                           f"at most {NAME_MAX} bytes")
         self._backend = get_backend(backend)
         self._name = name
-        fd = self._backend.open_heap(name)
+        candidates = HEAP_ALIASES.get(name)
+        if candidates is None:
+            fd = self._backend.open_heap(name)
+        else:
+            self._name, fd = _open_alias(self._backend, name, candidates)
         self._cell = [fd]
         self._fd = fd
 
     @property
     def name(self) -> str:
+        """The node actually opened: ``Heap("cma").name`` may be ``"linux,cma"``."""
         return self._name
 
     @property
@@ -89,3 +105,22 @@ class Heap(FdHolder):
     def __repr__(self) -> str:
         state = f"fd={self._fd}" if self._fd >= 0 else "closed"
         return f"<Heap {self._name!r} {state} backend={self._backend.name}>"
+
+
+def _open_alias(backend: Backend, alias: str, candidates: tuple[str, ...]) -> tuple[str, int]:
+    """(name, fd) of the first of ``candidates`` that opens. A node this user may not
+    open is passed over for a later one (udev rules often cover only the legacy
+    name); if none opens, that refusal is the error, else NotFoundError."""
+    refused: PermissionDeniedError | None = None
+    for candidate in candidates:
+        try:
+            return candidate, backend.open_heap(candidate)
+        except NotFoundError:
+            continue
+        except PermissionDeniedError as exc:
+            refused = refused or exc
+    if refused is not None:
+        raise refused
+    available = ", ".join(backend.heaps()) or "none"
+    raise error(E.ENOENT, f"no {alias.upper()} dma-heap on the {backend.name} backend: tried "
+                f"{', '.join(candidates)}", f"available: {available}")
