@@ -350,7 +350,7 @@ def buffer_and_timeout(pool: Pool, which: str, timeout: object) -> tuple[pydmabu
 
 @fuzz
 @given(name=names)
-def test_set_name(pool: Pool, name: object) -> None:
+def test_set_name(name: object) -> None:
     with pydmabuf.Heap("system") as heap, heap.allocate(PAGE) as buf, same_fd_count():
         attempt("Buffer.set_name", buf.set_name, name)
         attempt("Buffer.name", lambda: buf.name)
