@@ -8,8 +8,8 @@ with MSG_CMSG_CLOEXEC, so received fds are close-on-exec from the start.
 Trust ends at the socket: ``recv`` believes nothing the peer says about an fd. Each
 fd is classified from the file itself (``buffer_backend``/``fence_backend``: one or
 two syscalls), so a buffer is a real dma-buf or a memfd sealed against shrinking,
-at least as large as the header says, and a fence is a sync_file or a fallback
-eventfd; the backend that applies follows the fd, not the header. Nothing is ever
+at least as large as the header says, and a fence is a sync_file or the fallback's
+fence kind; the backend that applies follows the fd, not the header. Nothing is ever
 written to a received fd: a name in the header is data, remembered in this process.
 A stream peer that stops in the middle of a message gets ``MESSAGE_REST_TIMEOUT``
 seconds to finish it. Anything wrong raises :class:`ProtocolError` after closing
@@ -196,7 +196,7 @@ def recv(sock: socket.socket, *, timeout: float | None = None, verify: bool = Tr
 
     Every fd is verified from the file itself: a buffer must be a real dma-buf (any
     exporter) or a memfd sealed against shrinking, large enough for the header's size
-    and page-aligned offset; a fence a sync_file or a fallback eventfd. Each object
+    and page-aligned offset; a fence a sync_file or a fallback fence. Each object
     gets the backend its fd's kind implies. Anything else is :class:`ProtocolError`,
     with every received fd closed; nothing is ever written to a received fd.
 

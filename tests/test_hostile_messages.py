@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from _procs import fork, join
-from conftest import needs_timeline, open_fds
+from conftest import TIMELINE_MISSING, needs_timeline, open_fds
 
 import pydmabuf
 from pydmabuf import credentials, share
@@ -138,6 +138,12 @@ def _tcp(stack: contextlib.ExitStack) -> int:
     return s.fileno()
 
 
+def _unix_stream(stack: contextlib.ExitStack) -> int:
+    one, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stack.enter_context(other)
+    return stack.enter_context(one).fileno()
+
+
 def _pipe(stack: contextlib.ExitStack) -> int:
     r, w = os.pipe()
     stack.callback(os.close, r)
@@ -187,6 +193,7 @@ HOSTILE: dict[str, tuple[int, Callable[[contextlib.ExitStack, Path], int]]] = {
     "sealed-memfd-as-fence": (FENCE, lambda s, _t: _memfd(s, F_SEAL_SHRINK | F_SEAL_GROW)),
     "pipe-as-fence": (FENCE, lambda s, _t: _pipe(s)),
     "tcp-socket-as-fence": (FENCE, lambda s, _t: _tcp(s)),
+    "unix-stream-socket-as-fence": (FENCE, lambda s, _t: _unix_stream(s)),
     "dev-zero-as-fence": (FENCE, lambda s, _t: _opened(s, "/dev/zero")),
 }
 
@@ -222,7 +229,7 @@ def test_wrong_kind_of_file_is_refused(case: str, named: bool, tmp_path: Path,
 def test_fence_sent_as_a_buffer_is_refused(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     with contextlib.ExitStack() as stack:
-        fd = _timeline_fence(stack)  # a sync_file in the VM, an eventfd on the fallback
+        fd = _timeline_fence(stack)  # a sync_file in the VM, a fallback fence natively
         send_raw(a, forge((BUFFER, SIZE, 0, b"")), [fd])
         refused_in_child(b, [fd])
 
@@ -322,8 +329,12 @@ def test_objects_already_wrapped_are_closed_when_a_later_one_fails(
     with contextlib.ExitStack() as stack:
         good = _buffer(stack)
         bad = _pipe(stack)
-        obj = (BUFFER, SIZE, 0, b"")
-        send_raw(a, forge(obj, obj, (FENCE, 0, 0, b""), obj), [good, good, _eventfd(stack), bad])
+        buf = (BUFFER, SIZE, 0, b"")
+        objs, fds = [buf, buf], [good, good]
+        if TIMELINE_MISSING is None:  # a real fence is wrapped too before the failure
+            objs.append((FENCE, 0, 0, b""))
+            fds.append(_timeline_fence(stack))
+        send_raw(a, forge(*objs, buf), [*fds, bad])
         refused_in_child(b, [good, bad])
 
 
