@@ -1,0 +1,253 @@
+"""BufferPool: a fixed set of buffers lent out and taken back, never re-allocated.
+
+Allocating a dma-buf costs a syscall and, on a heap, zeroing every page (milliseconds
+for a camera frame); CMA areas fragment when buffers come and go. A pool allocates
+``count`` buffers once and lends them: ``with pool.acquire() as buf:`` gives one back
+at the end of the block, *not* closed and *not* cleared, so the next borrower sees
+the previous contents (clear it yourself if that matters).
+
+Lending costs no allocation: every buffer has one ``Lease`` made with it, and the
+free list is a deque whose ``pop``/``append`` are atomic, so the uncontended path
+takes no lock. Waiting (all ``count`` lent) uses a Condition; a returner notifies it
+only when someone waits.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from types import TracebackType
+
+from ._wait import deadline, expired, remaining_s
+from .allocator import Allocator
+from .buffer import Buffer, encode_name
+from .errors import check_name, closed, invalid, timed_out
+from .heap import check_size
+
+
+class Lease:
+    """One pool buffer, lent. ``with lease as buf:`` returns it at the end of the
+    block; ``pool.release(buf)`` does the same for ``take()``."""
+
+    __slots__ = ("_pool", "buffer", "_out", "_slot")
+
+    def __init__(self, pool: BufferPool, buffer: Buffer, slot: int) -> None:
+        self._pool = pool
+        self.buffer = buffer
+        self._out = False
+        self._slot = slot  # its place in the pool: the buffer's name and its replacement's
+
+    def __enter__(self) -> Buffer:
+        if not self._out:
+            raise invalid("this lease was already returned to its pool; acquire() again")
+        return self.buffer
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._out:  # the pool's give-back, inlined: it is half of every lend
+            self._out = False
+            pool = self._pool
+            if self.buffer._fd < 0:
+                pool._came_back_closed(self)
+            else:
+                pool._push(self)
+            if pool._waiters:
+                pool._notify()
+            if pool._closed:
+                pool._drain()
+
+    def __repr__(self) -> str:
+        return f"<Lease {'lent' if self._out else 'returned'} {self.buffer!r}>"
+
+
+class BufferPool:
+    """``count`` buffers of ``size`` bytes from ``allocator`` (default: a new
+    ``Allocator()``, owned and closed by the pool), each named ``f"{name}{i}"`` when
+    ``name`` is given.
+
+    ``acquire(timeout)`` waits while all are lent and raises TimeoutError at the
+    deadline. Thread-safe. ``close()`` (or the end of a ``with`` block) closes every
+    buffer in the pool; a buffer lent at that moment is closed when it comes back. A
+    borrower that closes its buffer makes the pool allocate a replacement when one is
+    next needed.
+    """
+
+    def __init__(self, size: int, count: int, *, allocator: Allocator | None = None,
+                 name: str | None = None) -> None:
+        check_size(size)
+        if type(count) is not int or count <= 0:
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(f"count must be an int, got {type(count).__name__}")
+            raise invalid(f"count must be > 0, got {count}")
+        if name is not None:
+            encode_name(f"{check_name(name)}{count - 1}")  # the longest name must fit
+        if allocator is not None and not isinstance(allocator, Allocator):
+            raise invalid(f"allocator must be an Allocator, got {type(allocator).__name__}")
+        self._closed = False
+        self._waiters = 0
+        self._lost_slots: list[int] = []  # slots of buffers a borrower closed, replaced on demand
+        self._cond = threading.Condition(threading.Lock())
+        self._free: collections.deque[Lease] = collections.deque()
+        self._push = self._free.append
+        self._pop = self._free.pop
+        self._leases: dict[int, Lease] = {}  # id(buffer) -> its lease
+        self._own_allocator = allocator is None
+        self._allocator = Allocator() if allocator is None else allocator
+        self._name = name
+        self._count = count
+        try:
+            for i in range(count):
+                self._add(self._allocator.allocate(size, name=self._buffer_name(i)), i)
+        except BaseException:
+            self.close()
+            raise
+        self._size = self._free[0].buffer.size
+
+    def _buffer_name(self, i: int) -> str | None:
+        return None if self._name is None else f"{self._name}{i}"
+
+    def _add(self, buffer: Buffer, slot: int) -> None:
+        lease = Lease(self, buffer, slot)
+        self._leases[id(buffer)] = lease
+        self._push(lease)
+
+    # --- facts -----------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Each buffer's size (the requested size rounded up to pages)."""
+        return self._size
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def free(self) -> int:
+        """Buffers ready to lend now."""
+        return len(self._free)
+
+    @property
+    def buffers(self) -> list[Buffer]:
+        """Every buffer of the pool, lent or not."""
+        return [lease.buffer for lease in list(self._leases.values())]
+
+    @property
+    def allocator(self) -> Allocator:
+        return self._allocator
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- lending ---------------------------------------------------------------
+    def acquire(self, timeout: float | None = None) -> Lease:
+        """A Lease for ``with``: the buffer goes back to the pool at the end of the
+        block. Waits up to ``timeout`` seconds (None: forever) while all are lent."""
+        if timeout is not None:
+            deadline(timeout, "BufferPool.acquire")  # a bad timeout fails before lending
+        try:
+            lease = self._pop()
+        except IndexError:
+            return self._wait(timeout)
+        lease._out = True
+        return lease
+
+    def take(self, timeout: float | None = None) -> Buffer:
+        """A buffer to give back later with ``release(buf)`` (when a ``with`` block
+        does not fit, e.g. a frame out with a consumer)."""
+        return self.acquire(timeout).buffer
+
+    def release(self, buffer: Buffer) -> None:
+        """Give back a buffer from ``take()``."""
+        lease = self._leases.get(id(buffer))
+        if lease is None or lease.buffer is not buffer:
+            raise invalid("that buffer does not belong to this pool")
+        if not lease._out:
+            raise invalid("that buffer is not lent: release() it once per take()")
+        lease.__exit__(None, None, None)
+
+    def _wait(self, timeout: float | None) -> Lease:
+        until = deadline(timeout, "BufferPool.acquire")
+        with self._cond:
+            self._waiters += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise closed("BufferPool")
+                    try:
+                        lease = self._pop()
+                    except IndexError:
+                        pass
+                    else:
+                        lease._out = True
+                        return lease
+                    if self._lost_slots:
+                        return self._replace()
+                    if expired(until):
+                        raise timed_out(f"BufferPool.acquire: all {self._count} buffers are lent")
+                    self._cond.wait(None if until is None else remaining_s(until))
+            finally:
+                self._waiters -= 1
+
+    def _replace(self) -> Lease:
+        """A new buffer for one a borrower closed (called with the lock held)."""
+        slot = self._lost_slots.pop()
+        try:
+            buffer = self._allocator.allocate(self._size, name=self._buffer_name(slot))
+        except BaseException:
+            self._lost_slots.append(slot)
+            raise
+        lease = Lease(self, buffer, slot)
+        self._leases[id(buffer)] = lease
+        lease._out = True
+        return lease
+
+    def _came_back_closed(self, lease: Lease) -> None:
+        """A lease came back with its buffer closed by the borrower."""
+        with self._cond:
+            if self._leases.get(id(lease.buffer)) is lease:
+                del self._leases[id(lease.buffer)]
+            if not self._closed:
+                self._lost_slots.append(lease._slot)
+                self._cond.notify()
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _drain(self) -> None:
+        # pop() is atomic: each free buffer is closed by exactly one drainer.
+        while True:
+            try:
+                lease = self._pop()
+            except IndexError:
+                return
+            lease.buffer.close()
+
+    # --- lifetime --------------------------------------------------------------
+    def close(self) -> None:
+        """Close every buffer in the pool now and each lent one when it comes back;
+        waiters get ClosedError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True  # before draining: a returner then drains what it pushed
+        self._drain()
+        with self._cond:
+            self._cond.notify_all()
+        if self._own_allocator:
+            self._allocator.close()
+
+    def __enter__(self) -> BufferPool:
+        if self._closed:
+            raise closed("BufferPool")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<BufferPool closed size={getattr(self, '_size', '?')}>"
+        return (f"<BufferPool {self.free}/{self._count} free size={self._size} "
+                f"allocator={self._allocator!r}>")
