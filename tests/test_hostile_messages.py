@@ -392,7 +392,10 @@ def test_mutated_messages_are_refused_or_verified() -> None:
 # --- what a receiver does with names ------------------------------------------------
 
 @pytest.mark.parametrize("source", ["default", "fallback"])
-def test_header_name_is_never_written_to_the_file(source: str, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_header_name_is_never_written_to_the_file(source: str, pair: tuple[socket.socket, socket.socket],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Names the fallback notes in-process for this test go away with it.
+    monkeypatch.setattr(pydmabuf.get_backend("fallback"), "_names", {})
     a, b = pair
     backend = None if source == "default" else "fallback"
     with pydmabuf.Heap("system", backend=backend) as heap, \
