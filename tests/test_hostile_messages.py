@@ -467,6 +467,18 @@ def test_stream_peer_that_stops_half_way_cannot_hang_recv(cut: str) -> None:
         refused_in_child(b, [fd])
 
 
+def test_stream_fds_sent_with_a_later_part_are_dropped() -> None:
+    # Only the first read of a stream message takes fds; the kernel discards (closes)
+    # any that ride on a later part, and the message is short of fds.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b, contextlib.ExitStack() as stack:
+        fd = _buffer(stack)
+        msg = forge((BUFFER, SIZE, 0, b""))
+        send_raw(a, msg[:PREFIX.size], [])
+        send_raw(a, msg[PREFIX.size:], [fd])
+        refused_in_child(b, [fd])
+
+
 def test_default_rest_timeout_is_bounded() -> None:
     assert 0 < DEFAULT_REST_TIMEOUT <= 10  # seconds, finite: a stalled peer is dropped
 
