@@ -157,7 +157,8 @@ class Frame:
     their objects. When the check fails nothing is closed.
 
     The frame owns its objects and closes them in ``close()`` unless ``own=False``. It is
-    a context manager; after ``close()`` every method raises ``ClosedError``.
+    a context manager; after ``close()`` every method raises ``ClosedError``. Like the
+    channel's Producer, a frame is for one thread at a time (its buffers are thread-safe).
     """
 
     __slots__ = ("_width", "_height", "_format", "_modifier", "_objects", "_planes", "_own",
