@@ -29,12 +29,13 @@ class Lease:
     """One pool buffer, lent. ``with lease as buf:`` returns it at the end of the
     block; ``pool.release(buf)`` does the same for ``take()``."""
 
-    __slots__ = ("_pool", "buffer", "_out", "_slot")
+    __slots__ = ("_pool", "buffer", "_out", "_slot", "_push")
 
     def __init__(self, pool: BufferPool, buffer: Buffer, slot: int) -> None:
         self._pool = pool
         self.buffer = buffer
         self._out = False
+        self._push = pool._push
         self._slot = slot  # its place in the pool: the buffer's name and its replacement's
 
     def __enter__(self) -> Buffer:
@@ -46,15 +47,12 @@ class Lease:
                  tb: TracebackType | None) -> None:
         if self._out:  # the pool's give-back, inlined: it is half of every lend
             self._out = False
-            pool = self._pool
             if self.buffer._fd < 0:
-                pool._came_back_closed(self)
+                self._pool._came_back_closed(self)
             else:
-                pool._push(self)
-            if pool._waiters:
-                pool._notify()
-            if pool._closed:
-                pool._drain()
+                self._push(self)
+            if self._pool._attention:  # someone waits, or the pool closed meanwhile
+                self._pool._attend()
 
     def __repr__(self) -> str:
         return f"<Lease {'lent' if self._out else 'returned'} {self.buffer!r}>"
@@ -85,6 +83,7 @@ class BufferPool:
             raise invalid(f"allocator must be an Allocator, got {type(allocator).__name__}")
         self._closed = False
         self._waiters = 0
+        self._attention = False  # waiters or closed: what a returner must act on
         self._lost_slots: list[int] = []  # slots of buffers a borrower closed, replaced on demand
         self._cond = threading.Condition(threading.Lock())
         self._free: collections.deque[Lease] = collections.deque()
@@ -170,6 +169,7 @@ class BufferPool:
         until = deadline(timeout, "BufferPool.acquire")
         with self._cond:
             self._waiters += 1
+            self._attention = True  # before looking at the free list: see _attend
             try:
                 while True:
                     if self._closed:
@@ -188,6 +188,7 @@ class BufferPool:
                     self._cond.wait(None if until is None else remaining_s(until))
             finally:
                 self._waiters -= 1
+                self._attention = self._waiters > 0 or self._closed
 
     def _replace(self) -> Lease:
         """A new buffer for one a borrower closed (called with the lock held)."""
@@ -211,9 +212,15 @@ class BufferPool:
                 self._lost_slots.append(lease._slot)
                 self._cond.notify()
 
-    def _notify(self) -> None:
+    def _attend(self) -> None:
+        """After a return: wake a waiter, and close what came back to a closed pool.
+        A waiter raises ``_attention`` before it looks at the free list and a returner
+        reads it after pushing, so either the waiter finds the buffer or is woken."""
         with self._cond:
-            self._cond.notify()
+            if self._waiters:
+                self._cond.notify()
+        if self._closed:
+            self._drain()
 
     def _drain(self) -> None:
         # pop() is atomic: each free buffer is closed by exactly one drainer.
@@ -230,10 +237,11 @@ class BufferPool:
         waiters get ClosedError. Idempotent."""
         if self._closed:
             return
-        self._closed = True  # before draining: a returner then drains what it pushed
-        self._drain()
         with self._cond:
+            self._closed = True  # before draining: a returner then drains what it pushed
+            self._attention = True
             self._cond.notify_all()
+        self._drain()
         if self._own_allocator:
             self._allocator.close()
 
