@@ -179,6 +179,10 @@ def test_allocate_rejects() -> None:
         allocate_frame(64, 64, 1.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         allocate_frame(64, 64, "NV12", name=b"x")  # type: ignore[arg-type]
+    with pytest.raises(pydmabuf.OutOfMemoryError):  # 1 TiB: refused before the allocation
+        allocate_frame(1 << 20, 1 << 20, "R8")
+    with pytest.raises(pydmabuf.InvalidArgumentError, match="32-bit pitch"):
+        allocate_frame((1 << 31) - 1, 1, "ABGR16161616")
 
 
 def test_allocate_with_implicit_modifier() -> None:
