@@ -28,6 +28,14 @@ _dma_buf_devs: dict[int, bool] = {}  # st_dev -> is the dma-buf filesystem
 _fstat = os.fstat
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
+_S_IFSOCK = stat.S_IFSOCK
+_AF_UNIX = int(socket.AF_UNIX)
+_SEQPACKET = int(socket.SOCK_SEQPACKET)
+_SOL = int(socket.SOL_SOCKET)
+_SO_DOMAIN = int(socket.SO_DOMAIN)
+_SO_TYPE = int(socket.SO_TYPE)
+TMPFS_MAGIC = 0x01021994  # memfds live on the kernel's internal tmpfs (shm) mount
+_memfd_devs: dict[int, bool] = {}  # st_dev -> is a tmpfs (not hugetlbfs, not a disk)
 
 
 def _stat(fd: int) -> os.stat_result:
@@ -61,31 +69,46 @@ def buffer_kind(fd: int) -> tuple[str, int]:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError:
             seals = 0
-        if seals & F_SEAL_SHRINK:
+        on_tmpfs = _memfd_devs.get(st.st_dev)
+        if on_tmpfs is None:
+            # Not hugetlbfs: a sealed hugetlb memfd with punched holes can still SIGBUS
+            # when the huge page pool runs dry.
+            on_tmpfs = _memfd_devs[st.st_dev] = _ops.fs_magic(fd) == TMPFS_MAGIC
+        if seals & F_SEAL_SHRINK and on_tmpfs:
             return MEMFD, st.st_size
-        raise invalid(f"fd {fd} is a regular file but not a memfd sealed against shrinking "
+        raise invalid(f"fd {fd} is a regular file but not a (tmpfs) memfd sealed against shrinking "
                       "(F_SEAL_SHRINK): mapping it could fault if it shrank")
     raise invalid(f"fd {fd} is not a dma-buf or a sealed memfd ({_describe(fd)})")
 
 
 def fence_kind(fd: int) -> str:
     """SYNC_FILE or FALLBACK_FENCE; InvalidArgumentError for any other file."""
-    link = _describe(fd)
-    if link == "anon_inode:sync_file":
-        return SYNC_FILE
-    if link.startswith("socket:") and is_fallback_fence(fd):
-        return FALLBACK_FENCE
-    raise invalid(f"fd {fd} is not a sync_file or a fallback fence: {link}")
+    try:
+        mode = _fstat(fd).st_mode & _S_IFMT
+    except (OSError, OverflowError):
+        mode = _stat(fd).st_mode & _S_IFMT  # raises the library's error
+    if mode == _S_IFSOCK:
+        if is_fallback_fence(fd):
+            return FALLBACK_FENCE
+    elif mode == 0:  # an anon inode: eventfd, epoll, sync_file... only the link tells
+        link = _describe(fd)
+        if link == "anon_inode:sync_file":
+            return SYNC_FILE
+    raise invalid(f"fd {fd} is not a sync_file or a fallback fence: {_describe(fd)}")
 
 
 def is_fallback_fence(fd: int) -> bool:
-    """Whether ``fd`` is a socket of the fallback fences' kind (AF_UNIX, SEQPACKET)."""
+    """Whether ``fd`` is a socket of the fallback fences' kind (AF_UNIX, SEQPACKET):
+    two getsockopt calls on a socket object that borrows the fd (no detection, no
+    enums), since readlink on /proc costs several microseconds."""
     try:
-        sock = socket.socket(fileno=fd)
+        sock = socket.socket(_AF_UNIX, _SEQPACKET, 0, fd)
     except (OSError, ValueError, OverflowError):
         return False
     try:
-        return sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET
+        return sock.getsockopt(_SOL, _SO_DOMAIN) == _AF_UNIX and sock.getsockopt(_SOL, _SO_TYPE) == _SEQPACKET
+    except OSError:
+        return False
     finally:
         sock.detach()
 

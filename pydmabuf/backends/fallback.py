@@ -213,11 +213,13 @@ class FallbackBackend(Backend):
         return name.encode() if name else b""
 
     def note_name(self, fd: int, name: bytes) -> None:
+        # Only where this kernel cannot keep names on the file (tmpfs user xattrs came in
+        # Linux 6.6): elsewhere a header name is a peer's claim, not the file's name.
         try:
             os.getxattr(fd, NAME_XATTR)
-            return  # the file carries its own name
-        except OSError:
-            self._names[self._key(fd)] = name.decode("utf-8", "replace")
+        except OSError as exc:
+            if exc.errno in (E.ENOTSUP, E.EOPNOTSUPP):
+                self._names[self._key(fd)] = name.decode("utf-8", "replace")
 
     def buffer_info(self, fd: int, size: int) -> BufferInfo:
         st = os.fstat(fd)
