@@ -136,3 +136,5 @@ def load() -> Driver:
     except AttributeError as exc:
         raise UnsupportedError(E.EOPNOTSUPP, f"the CUDA driver is too old: {exc} "
                                "(dma-buf export needs CUDA 11.7+ drivers)") from None
+    except Error as exc:  # cuInit: no GPU, driver/library mismatch, no access to /dev/nvidia*
+        raise UnsupportedError(exc.errno or E.ENODEV, f"the CUDA driver cannot start: {exc.strerror}") from None

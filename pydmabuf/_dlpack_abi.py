@@ -178,10 +178,22 @@ class _Export:
             return self.box.managed.manager_ctx is None
         return self.box.view.obj is None
 
+    def references(self) -> int:
+        """The capsule's reference count as seen from here (always measured this way,
+        so that _ALONE, measured the same way, is the count when only we hold it)."""
+        return sys.getrefcount(self.capsule)
+
     def abandoned(self, name: bytes) -> bool:
-        """Never consumed, and nobody but us holds the capsule (references: our slot
-        and getrefcount's argument)."""
-        return bool(capsule_is_valid(self.capsule, name)) and sys.getrefcount(self.capsule) <= 2
+        """Never consumed, and nobody but us holds the capsule."""
+        return bool(capsule_is_valid(self.capsule, name)) and self.references() <= _ALONE
+
+
+def _alone() -> int:
+    probe = _Export(VersionedBox(), object(), False)
+    return probe.references()
+
+
+_ALONE = _alone()  # how the interpreter counts a capsule only our _Export holds
 
 
 # Every export not yet released, by the address the consumer's deleter receives.

@@ -189,7 +189,7 @@ def _all_failed(size: int, answers: dict[str, Error]) -> Error:
     first = refusals[0] if refusals else next(iter(answers.values()))
     code = (first.errno or E.EIO) if refusals else E.ENOENT
     cls = type(first) if refusals else NotFoundError
-    detail = "; ".join(f"{provider}: {exc}" for provider, exc in answers.items())
+    detail = "; ".join(f"{provider}: {exc.strerror or exc}" for provider, exc in answers.items())
     err = cls(code, f"Allocator: no provider could allocate {size} bytes ({detail})")
     err.answers = answers  # type: ignore[attr-defined]
     return err

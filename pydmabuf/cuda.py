@@ -84,7 +84,7 @@ def check(device: int = 0) -> None:
     try:
         dev = driver.device(ordinal)
     except Error as exc:
-        raise UnsupportedError(exc.errno or E.ENODEV, f"no CUDA device {ordinal}: {exc}") from None
+        raise UnsupportedError(exc.errno or E.ENODEV, f"no CUDA device {ordinal}: {exc.strerror}") from None
     if driver.attribute(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, dev) != 1:
         raise UnsupportedError(E.EOPNOTSUPP, f"CUDA device {ordinal} cannot export dma-bufs "
                                "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0): it needs NVIDIA's "

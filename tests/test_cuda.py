@@ -155,6 +155,35 @@ def test_without_a_driver_everything_says_why(no_driver: None) -> None:
         cuda.export("not a pointer")
 
 
+def test_a_driver_that_cannot_start_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot_start(lib: object) -> None:
+        raise pydmabuf.Error(errno.EIO, "cuInit: CUDA_ERROR_UNKNOWN")
+
+    monkeypatch.setattr(_cuda_driver.ctypes, "CDLL", lambda name: object())
+    monkeypatch.setattr(_cuda_driver, "Driver", cannot_start)
+    monkeypatch.setattr(cuda, "_loaded", None)
+    assert cuda.available() is False
+    with pytest.raises(pydmabuf.UnsupportedError, match="cannot start: cuInit: CUDA_ERROR_UNKNOWN"):
+        cuda.check()
+
+
+@pytest.mark.parametrize(("code", "exc"), [
+    (1, pydmabuf.InvalidArgumentError),  # CUDA_ERROR_INVALID_VALUE
+    (2, pydmabuf.OutOfMemoryError),
+    (100, pydmabuf.UnsupportedError),  # CUDA_ERROR_NO_DEVICE
+    (800, pydmabuf.PermissionDeniedError),
+    (801, pydmabuf.UnsupportedError),  # CUDA_ERROR_NOT_SUPPORTED
+    (999, pydmabuf.Error),
+])
+def test_cuda_results_map_to_library_errors(code: int, exc: type[pydmabuf.Error]) -> None:
+    driver = _cuda_driver.Driver.__new__(_cuda_driver.Driver)
+    driver.lib = type("NoNames", (), {"cuGetErrorName": staticmethod(lambda code, out: 1)})()  # type: ignore[assignment]
+    driver.check(0, "fine")
+    with pytest.raises(exc) as raised:
+        driver.check(code, "cuSomething", "the hint")
+    assert f"cuSomething: CUresult {code} (the hint)" in str(raised.value)
+
+
 # --- the export logic, against a stand-in driver --------------------------------------------
 
 class StandInLib:
