@@ -358,6 +358,13 @@ class Frame:
         self._check_open()
         return interop.gst_caps(self._width, self._height, self._format.fourcc_string, self._modifier, framerate)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # multiprocessing: each buffer travels as a dup of its fd (Buffer.__reduce__),
+        # the descriptor as values; the receiver checks it again and owns the copies.
+        self._check_open()
+        return _rebuild_frame, (self._width, self._height, self._format.fourcc, self._modifier,
+                                self._objects, tuple(tuple(p) for p in self._planes))
+
     # --- lifetime ------------------------------------------------------------------
     def close(self) -> None:
         """Unmap, then close the objects if the frame owns them. Idempotent. A mapping
@@ -387,6 +394,16 @@ class Frame:
         state = " closed" if self._closed else ""
         return (f"<Frame {self._width}x{self._height} {self._format.name} "
                 f"{describe_modifier(self._modifier)} objects={len(self._objects)} planes=[{planes}]{state}>")
+
+
+def _rebuild_frame(width: int, height: int, fourcc: int, modifier: int, objects: tuple[Buffer, ...],
+                   planes: tuple[tuple[int, int, int], ...]) -> Frame:
+    try:
+        return Frame(width, height, fourcc, objects, planes, modifier=modifier)
+    except BaseException:
+        for obj in objects:
+            obj.close()
+        raise
 
 
 # --- allocation ------------------------------------------------------------------------

@@ -17,7 +17,9 @@ every received fd.
 
 Wire format, little endian: ``b"DB", version, count, data_len:u16, total_len:u16``,
 then per object ``kind:u8, backend:u8, name_len:u8, pad, size:u64, offset:u64, name``,
-then ``data``. The fds follow the objects' order.
+then ``data``. The fds follow the objects' order. A Frame is a record of kind 3 whose
+name bytes hold its descriptor, followed by its buffers' records; ``count`` counts
+records.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from ._fd import hold_append, hold_remove
 from .backends import buffer_backend, fence_backend
 from .buffer import NAME_MAX, Buffer, new_buffer
 from .errors import Error, closed, invalid, timed_out
+from .frame import Frame, Plane
 from .syncfile import SyncFile, new_sync_file
+
+Shareable = Buffer | SyncFile | Frame
 
 __all__ = ["MAX_DATA", "MAX_OBJECTS", "MESSAGE_REST_TIMEOUT", "VERSION", "ProtocolError", "recv",
            "recv_data", "send"]
@@ -52,7 +57,12 @@ MESSAGE_REST_TIMEOUT = 5.0
 _MAGIC = b"DB"
 _PREFIX = struct.Struct("<2sBBHH")
 _OBJ = struct.Struct("<BBBxQQ")
-_KIND_BUFFER, _KIND_SYNC_FILE = 1, 2
+_KIND_BUFFER, _KIND_SYNC_FILE, _KIND_FRAME = 1, 2, 3
+# A frame is a descriptor record (no fd) followed by the records of its 1-4 buffers;
+# the descriptor rides in the record's name bytes: width, height, fourcc, modifier,
+# object count, plane count, then per plane (object index, offset, pitch).
+_FRAME_HEAD = struct.Struct("<IIIQBB")
+_FRAME_PLANE = struct.Struct("<BQI")
 _BACKENDS = ("kernel", "fallback")  # wire codes are indexes; informative only
 _BACKEND_CODE = {name: code for code, name in enumerate(_BACKENDS)}
 _MAX_MSG = _PREFIX.size + MAX_OBJECTS * (_OBJ.size + NAME_MAX) + MAX_DATA
@@ -94,7 +104,7 @@ def _protocol(message: str, code: int = E.EPROTO) -> ProtocolError:
 
 # --- sending -----------------------------------------------------------------------
 
-def send(sock: socket.socket, *objects: Buffer | SyncFile, data: bytes = b"") -> None:
+def send(sock: socket.socket, *objects: Shareable, data: bytes = b"") -> None:
     """Send ``objects`` (and an opaque ``data`` payload of up to MAX_DATA bytes) as
     one message over a connected AF_UNIX socket. The objects stay yours; the receiver
     gets new fds for the same files, with the access mode of yours (a read-write fd
@@ -134,23 +144,28 @@ def send(sock: socket.socket, *objects: Buffer | SyncFile, data: bytes = b"") ->
     _send_any(sock, objects, data)
 
 
-def _send_any(sock: socket.socket, objects: tuple[Buffer | SyncFile, ...], data: bytes) -> None:
+def _send_any(sock: socket.socket, objects: tuple[Shareable, ...], data: bytes) -> None:
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes, got {type(data).__name__}")
         data = bytes(data)
-    if len(objects) > MAX_OBJECTS:
-        raise invalid(f"at most {MAX_OBJECTS} objects per message (SCM_MAX_FD), got {len(objects)}")
     if len(data) > MAX_DATA:
         raise invalid(f"data is at most {MAX_DATA} bytes, got {len(data)}")
     for obj in objects:
-        if not isinstance(obj, (Buffer, SyncFile)):
-            raise invalid(f"send() takes Buffers and SyncFiles, got {type(obj).__name__}")
+        if not isinstance(obj, (Buffer, SyncFile, Frame)):
+            raise invalid(f"send() takes Buffers, SyncFiles and Frames, got {type(obj).__name__}")
+    records = _flatten(objects)
+    if sum(not isinstance(r, bytes) for r in records) > MAX_OBJECTS:
+        raise invalid(f"at most {MAX_OBJECTS} buffers and fences per message (SCM_MAX_FD)")
     parts = []
     fds = []
     held: list[Buffer | SyncFile] = []
     try:
-        for obj in objects:
+        for record in records:
+            if isinstance(record, bytes):  # a frame's descriptor record
+                parts.append(record)
+                continue
+            obj = record
             fd = obj._hold()  # ClosedError if closed
             held.append(obj)
             backend = obj._backend
@@ -159,20 +174,40 @@ def _send_any(sock: socket.socket, objects: tuple[Buffer | SyncFile, ...], data:
                 # only a fallback on a kernel without tmpfs user xattrs keeps them here.
                 name = backend.local_name(fd)
                 parts.append(_pack_obj(_KIND_BUFFER, _BACKEND_CODE[backend.name], len(name),
-                                       obj._size, obj._offset))
-                if name:
-                    parts.append(name)
+                                       obj._size, obj._offset) + name)
             else:
                 parts.append(_pack_obj(_KIND_SYNC_FILE, _BACKEND_CODE[backend.name], 0, 0, 0))
             fds.append(fd)
         total = _PREFIX.size + sum(map(len, parts)) + len(data)
-        parts.insert(0, _pack_prefix(_MAGIC, VERSION, len(objects), len(data), total))
+        if total > _MAX_MSG:
+            raise invalid(f"a message of {total} bytes is over the {_MAX_MSG} a receiver reads")
+        parts.insert(0, _pack_prefix(_MAGIC, VERSION, len(records), len(data), total))
         if data:
             parts.append(data)
         _sendmsg(sock, b"".join(parts), [(_SOL, _RIGHTS, array.array("i", fds))] if fds else [], total)
     finally:
         for obj in held:
             obj._release()
+
+
+def _frame_record(frame: Frame) -> bytes:
+    """A frame's descriptor record (kind 3); ClosedError if the frame is closed."""
+    planes = frame.planes  # ClosedError if closed
+    desc = _FRAME_HEAD.pack(frame.width, frame.height, frame.format.fourcc, frame.modifier,
+                            len(frame.objects), len(planes))
+    desc += b"".join(_FRAME_PLANE.pack(*p) for p in planes)
+    return _pack_obj(_KIND_FRAME, 0, len(desc), 0, 0) + desc
+
+
+def _flatten(objects: tuple[Shareable, ...]) -> list[Buffer | SyncFile | bytes]:
+    out: list[Buffer | SyncFile | bytes] = []
+    for obj in objects:
+        if isinstance(obj, Frame):
+            out.append(_frame_record(obj))
+            out.extend(obj.objects)
+        else:
+            out.append(obj)
+    return out
 
 
 def _sendmsg(sock: socket.socket, msg: bytes, anc: list[tuple[int, int, bytes | array.array[int]]],
@@ -190,7 +225,7 @@ def _sendmsg(sock: socket.socket, msg: bytes, anc: list[tuple[int, int, bytes | 
 # --- receiving ---------------------------------------------------------------------
 
 def recv(sock: socket.socket, *, timeout: float | None = None, verify: bool = True
-         ) -> list[Buffer | SyncFile]:
+         ) -> list[Shareable]:
     """Receive one message sent by :func:`send`: ready-to-use Buffers and SyncFiles
     (close-on-exec), in the order sent. EOFError when the peer has closed.
 
@@ -211,7 +246,7 @@ def recv(sock: socket.socket, *, timeout: float | None = None, verify: bool = Tr
 
 
 def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool = True
-              ) -> tuple[list[Buffer | SyncFile], bytes]:
+              ) -> tuple[list[Shareable], bytes]:
     """Like :func:`recv`, and also the ``data`` payload."""
     try:
         stream = _sock_type(sock) == _STREAM
@@ -231,7 +266,7 @@ def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool
         fds = [_int_from_bytes(anc[0][2], _ORDER)]  # one fd: the commonest case
     else:
         fds = _fds(anc)
-    out: list[Buffer | SyncFile] = []  # objects that own received fds
+    out: list[Shareable] = []  # objects that own received fds
     try:
         if not msg:
             if fds:  # SOCK_SEQPACKET carries empty messages; end of stream brings no fds
@@ -256,7 +291,8 @@ def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool
         return _parse(msg, fds, out)
     except BaseException:
         for obj in out:  # they own their fds now: take them back, then close everything
-            obj.detach()
+            for part in obj.objects if isinstance(obj, Frame) else (obj,):
+                part.detach()
         for fd in fds:
             os.close(fd)
         raise
@@ -342,8 +378,8 @@ def _fence(fd: int) -> SyncFile:
     return new_sync_file(fd, backend)
 
 
-def _parse(msg: bytes, fds: list[int], out: list[Buffer | SyncFile]
-           ) -> tuple[list[Buffer | SyncFile], bytes]:
+def _parse(msg: bytes, fds: list[int], out: list[Shareable]
+           ) -> tuple[list[Shareable], bytes]:
     """Every other message; objects are appended to ``out`` as they are verified so
     that the caller can take their fds back if a later one fails."""
     if len(msg) < _PREFIX.size:
@@ -355,17 +391,28 @@ def _parse(msg: bytes, fds: list[int], out: list[Buffer | SyncFile]
         raise _protocol(f"message version {version}, this pydmabuf speaks {VERSION}")
     if total != len(msg):
         raise _protocol(f"message length {len(msg)} but header says {total}")
-    if count != len(fds):
+    if count < len(fds):
         raise _protocol(f"header announces {count} objects but {len(fds)} fds arrived")
     pos = _PREFIX.size
     end = total - data_len
-    for fd in fds:
+    used = 0  # fds taken so far
+    frame: tuple[bytes, int] | None = None  # a descriptor still collecting its buffers
+    for _ in range(count):
         if pos + _OBJ.size > end:
             raise _protocol("header truncated inside an object description")
         kind, code, name_len, size, offset = _unpack_obj(msg, pos)
         pos += _OBJ.size + name_len
         if pos > end or code >= len(_BACKENDS):
             raise _protocol("malformed object description")
+        if kind == _KIND_FRAME:
+            if frame is not None:
+                raise _protocol("a frame inside a frame")
+            frame = (msg[pos - name_len:pos], len(out))
+            continue
+        if used == len(fds):
+            raise _protocol(f"header announces {count} objects but {len(fds)} fds arrived")
+        fd = fds[used]
+        used += 1
         if kind == _KIND_BUFFER:
             name = msg[pos - name_len:pos]
             if name_len > NAME_MAX or b"\0" in name:
@@ -375,9 +422,41 @@ def _parse(msg: bytes, fds: list[int], out: list[Buffer | SyncFile]
             if name_len:  # the name lived in the sender's process only: keep it here too
                 buf._backend.note_name(fd, name)
         elif kind == _KIND_SYNC_FILE:
+            if frame is not None:
+                raise _protocol("a fence among a frame's buffers")
             out.append(_fence(fd))
         else:
             raise _protocol(f"unknown object kind {kind}")
+        if frame is not None:
+            frame = _maybe_frame(frame, out)
+    if frame is not None:
+        raise _protocol("a frame without all its buffers")
+    if used != len(fds):
+        raise _protocol(f"header announces {count} objects but {len(fds)} fds arrived")
     if pos != end:
         raise _protocol("trailing bytes after the object descriptions")
     return out, msg[end:] if data_len else b""
+
+
+def _maybe_frame(frame: tuple[bytes, int], out: list[Shareable]) -> tuple[bytes, int] | None:
+    """Once a frame's buffers have all arrived (the last ones in ``out``), replace them
+    in ``out`` by the Frame; a descriptor the buffers don't bear out is ProtocolError
+    (the buffers stay in ``out`` for the caller to close)."""
+    desc, first = frame
+    if len(desc) < _FRAME_HEAD.size:
+        raise _protocol("frame descriptor truncated")
+    width, height, fourcc, modifier, n_objects, n_planes = _FRAME_HEAD.unpack_from(desc)
+    if len(desc) != _FRAME_HEAD.size + n_planes * _FRAME_PLANE.size or not 1 <= n_objects <= 4:
+        raise _protocol("malformed frame descriptor")
+    if len(out) - first < n_objects:
+        return frame
+    planes = [Plane(*_FRAME_PLANE.unpack_from(desc, _FRAME_HEAD.size + i * _FRAME_PLANE.size))
+              for i in range(n_planes)]
+    objects = out[first:]
+    try:
+        made = Frame(width, height, fourcc, objects, planes, modifier=modifier)  # type: ignore[arg-type]
+    except (Error, ValueError, TypeError) as exc:
+        raise _protocol(f"a frame descriptor its buffers do not bear out: {exc}") from None
+    del out[first:]
+    out.append(made)
+    return None

@@ -26,3 +26,9 @@ def fill(buf: pydmabuf.Buffer, fence: pydmabuf.SyncFile, out: Queue, taken: Even
 def read(buf: pydmabuf.Buffer) -> bytes:
     with buf, buf.map(write=False) as m:
         return bytes(m[:6])
+
+
+def frame_sum(frame: pydmabuf.Frame) -> tuple[int, int, str, int, int]:
+    """What arrived: the layout, and the sum of the luma plane's first row."""
+    with frame, frame.plane_view(0, write=False) as y:
+        return frame.width, frame.height, frame.format.name, len(frame.objects), sum(y.row(0))
