@@ -23,6 +23,7 @@ POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT
 _BAD = select.POLLNVAL | select.POLLERR
 _MAX_MS = 2**31 - 1  # poll(2)'s int timeout
+_MAX_S = _MAX_MS / 1000
 _monotonic = time.monotonic
 _inf = math.inf
 
@@ -38,17 +39,22 @@ def deadline(timeout: float | None, what: str = "timeout") -> float | None:
         timeout = float(timeout)
     if not timeout >= 0:  # also catches NaN
         raise invalid(f"{what}: timeout must be >= 0 or None, got {timeout!r}")
-    if timeout == _inf:
+    try:
+        until = _monotonic() + timeout
+    except OverflowError:  # an int beyond any float: longer than the universe will last
         return None
-    return _monotonic() + timeout
+    return None if until == _inf else until
 
 
 def remaining_ms(until: float | None) -> int | None:
     """poll()'s timeout for a wait ending at ``until``: None blocks, capped at INT_MAX."""
     if until is None:
         return None
-    ms = math.ceil((until - _monotonic()) * 1000)
-    return 0 if ms < 0 else ms if ms < _MAX_MS else _MAX_MS
+    left = until - _monotonic()
+    if left >= _MAX_S:  # also keeps a huge finite timeout from overflowing to inf below
+        return _MAX_MS
+    ms = math.ceil(left * 1000)
+    return 0 if ms < 0 else ms
 
 
 def remaining_s(until: float | None) -> float:
@@ -57,9 +63,6 @@ def remaining_s(until: float | None) -> float:
         return -1.0
     left = until - _monotonic()
     return 0.0 if left < 0 else left if left < _MAX_S else _MAX_S
-
-
-_MAX_S = _MAX_MS / 1000
 
 
 def expired(until: float | None) -> bool:

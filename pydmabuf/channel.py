@@ -681,7 +681,12 @@ class Consumer:
     After ``close()``, ``receive`` and ``fileno`` raise ClosedError."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock: socket.socket | None = sock
+        self._sock: socket.socket | None = None
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"Consumer() needs a connected socket, got {type(sock).__name__}")
+        if sock.family != socket.AF_UNIX or sock.fileno() < 0:
+            raise invalid("Consumer() needs an open, connected AF_UNIX socket")
+        self._sock = sock
         self._poller = select.poll()
         self._poller.register(sock, _POLLIN)
         self._producer = "the producer"

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .errors import PermissionDeniedError, invalid
+from .errors import PermissionDeniedError, closed, error, invalid
 
 __all__ = ["PeerCredentials", "check_peer", "peer_credentials"]
 
@@ -35,7 +35,12 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """The credentials the kernel recorded for the peer of a connected AF_UNIX socket."""
     if not isinstance(sock, socket.socket):
         raise invalid(f"peer_credentials() needs a socket, got {type(sock).__name__}")
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError as exc:
+        if sock.fileno() < 0:
+            raise closed("socket") from None
+        raise error(exc.errno or E.ENOTCONN, "SO_PEERCRED", "the socket must be a connected AF_UNIX socket") from None
     return PeerCredentials(*_UCRED.unpack(raw))
 
 

@@ -57,6 +57,22 @@ class BadFileError(Error):
     """EBADF/EBADFD: the fd is not open, or not the kind of file expected."""
 
 
+class PeerGoneError(Error, builtins.BrokenPipeError):
+    """EPIPE: the other end of the socket has closed."""
+
+
+class PeerResetError(Error, builtins.ConnectionResetError):
+    """ECONNRESET: the other end of the socket went away with data unread."""
+
+
+class PeerRefusedError(Error, builtins.ConnectionRefusedError):
+    """ECONNREFUSED: nobody listens there (any more)."""
+
+
+class WouldBlockError(Error, builtins.BlockingIOError):
+    """EAGAIN on a non-blocking socket: try again once it is ready."""
+
+
 _BY_ERRNO: dict[int, type[Error]] = {
     E.EACCES: PermissionDeniedError,
     E.EPERM: PermissionDeniedError,
@@ -74,6 +90,10 @@ _BY_ERRNO: dict[int, type[Error]] = {
     E.EOPNOTSUPP: UnsupportedError,
     524: UnsupportedError,  # ENOTSUPP, the kernel-internal "not supported" exporters return
     E.ENOSYS: UnsupportedError,
+    E.EPIPE: PeerGoneError,
+    E.ECONNRESET: PeerResetError,
+    E.ECONNREFUSED: PeerRefusedError,
+    E.EAGAIN: WouldBlockError,
 }
 
 

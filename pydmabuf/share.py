@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _socket
 import array
+import builtins
 import errno as E
 import mmap
 import os
@@ -39,7 +40,7 @@ from . import _wait
 from ._fd import hold_append, hold_remove
 from .backends import buffer_backend, fence_backend
 from .buffer import NAME_MAX, Buffer, new_buffer
-from .errors import Error, closed, invalid, timed_out
+from .errors import Error, closed, error, invalid, timed_out
 from .frame import Frame, Plane
 from .syncfile import SyncFile, new_sync_file
 
@@ -219,7 +220,8 @@ def _sendmsg(sock: socket.socket, msg: bytes, anc: list[tuple[int, int, bytes | 
     except OSError as exc:
         if exc.errno == E.EBADF:
             raise closed("socket" if sock.fileno() < 0 else "object (closed while sending)") from None
-        raise
+        # A pydmabuf error that is still the builtin (BrokenPipeError, ...) for the errno.
+        raise error(exc.errno or E.EIO, "sendmsg", _SOCKET_HINTS.get(exc.errno or 0)) from None
 
 
 # --- receiving ---------------------------------------------------------------------
@@ -250,8 +252,11 @@ def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool
     """Like :func:`recv`, and also the ``data`` payload."""
     try:
         stream = _sock_type(sock) == _STREAM
+        family = _sock_family(sock)
     except TypeError:
         raise TypeError(f"recv() needs a socket, got {type(sock).__name__}") from None
+    if family != _UNIX:
+        raise invalid(f"recv() needs an AF_UNIX socket, got family {sock.family!r}")
     if timeout is not None:
         _wait_for_message(sock, timeout)
     try:
@@ -259,7 +264,7 @@ def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool
     except OSError as exc:
         if exc.errno == E.EBADF and sock.fileno() < 0:
             raise closed("socket") from None
-        raise
+        raise error(exc.errno or E.EIO, "recvmsg", _SOCKET_HINTS.get(exc.errno or 0)) from None
     if not anc:
         fds = []
     elif len(anc) == 1 and len(anc[0][2]) == 4 and anc[0][1] == _RIGHTS and anc[0][0] == _SOL:
@@ -296,6 +301,9 @@ def recv_data(sock: socket.socket, *, timeout: float | None = None, verify: bool
         for fd in fds:
             os.close(fd)
         raise
+
+
+_SOCKET_HINTS = {E.ENOTCONN: "the socket must be connected (socketpair, connect or accept)"}
 
 
 def _wait_for_message(sock: socket.socket, timeout: float) -> None:
@@ -341,7 +349,7 @@ def _read_until(sock: socket.socket, msg: bytes, need: int, until: float) -> byt
     while len(msg) < need:
         try:
             more = sock.recv(need - len(msg), _DONTWAIT)  # no poll while data is there
-        except (BlockingIOError, TimeoutError):
+        except (BlockingIOError, builtins.TimeoutError):
             if poller is None:
                 poller = select.poll()
                 poller.register(sock.fileno(), _POLLIN)
@@ -351,6 +359,8 @@ def _read_until(sock: socket.socket, msg: bytes, need: int, until: float) -> byt
                     f"for {MESSAGE_REST_TIMEOUT:g} s; the stream is out of step, close the socket"
                 ) from None
             continue
+        except OSError as exc:  # a reset peer, ...: the library's error for the errno
+            raise error(exc.errno or E.EIO, "recv", _SOCKET_HINTS.get(exc.errno or 0)) from None
         if not more:
             raise _protocol("connection closed inside a message")
         msg += more

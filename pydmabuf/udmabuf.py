@@ -16,12 +16,11 @@ _U63 = 2**63  # offsets and sizes must fit the kernel's u64 fields as non-negati
 
 def udmabuf(size: int, *, name: str | None = None, backend: str | Backend | None = None) -> Buffer:
     """A new udmabuf of ``size`` bytes (rounded up to pages) on a memfd made for it."""
-    size = check_size(size)
+    size = _memfd.page_round(check_size(size))
     if size >= _U63:
         raise invalid(f"size {size} is too large")
     if name is not None:
         encode_name(name)  # TypeError / InvalidArgumentError before anything is made
-    size = _memfd.page_round(size)
     memfd = _memfd.sealed_memfd(f"pydmabuf-udmabuf:{name or ''}", size, _memfd.F_SEAL_SHRINK)
     try:
         buf = udmabuf_from_ranges([(memfd, 0, size)], backend=backend)
