@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Iterable
 from types import TracebackType
 
 from ._wait import deadline, expired, remaining_s
@@ -77,6 +78,40 @@ class BufferPool:
             if isinstance(count, bool) or not isinstance(count, int):
                 raise TypeError(f"count must be an int, got {type(count).__name__}")
             raise invalid(f"count must be > 0, got {count}")
+        self._setup(count, allocator, name)
+        try:
+            for i in range(count):
+                self._add(self._allocator.allocate(size, name=self._buffer_name(i)), i)
+        except BaseException:
+            self.close()
+            raise
+        self._size = self._free[0].buffer.size
+
+    @classmethod
+    def adopt(cls, buffers: Iterable[Buffer], *, allocator: Allocator | None = None,
+              name: str | None = None) -> BufferPool:
+        """A pool of existing open buffers, which it now owns (closes with itself).
+        They may differ in size (``size`` is the largest); one a borrower closes is
+        replaced by a buffer of its size from ``allocator`` (default: ``Allocator()``)
+        named ``f"{name}{i}"`` when ``name`` is given."""
+        items = list(buffers)
+        if not items:
+            raise invalid("adopt() needs at least one buffer")
+        for buf in items:
+            if not isinstance(buf, Buffer):
+                raise invalid(f"adopt() takes Buffers, got {type(buf).__name__}")
+            if buf.closed:
+                raise invalid("adopt() takes open buffers: one is closed")
+        if len({id(buf) for buf in items}) != len(items):
+            raise invalid("adopt() got the same buffer twice")
+        pool = cls.__new__(cls)
+        pool._setup(len(items), allocator, name)
+        for i, buf in enumerate(items):
+            pool._add(buf, i)
+        pool._size = max(buf.size for buf in items)
+        return pool
+
+    def _setup(self, count: int, allocator: Allocator | None, name: str | None) -> None:
         if name is not None:
             encode_name(f"{check_name(name)}{count - 1}")  # the longest name must fit
         if allocator is not None and not isinstance(allocator, Allocator):
@@ -84,7 +119,8 @@ class BufferPool:
         self._closed = False
         self._waiters = 0
         self._attention = False  # waiters or closed: what a returner must act on
-        self._lost_slots: list[int] = []  # slots of buffers a borrower closed, replaced on demand
+        # (slot, size) of buffers a borrower closed, replaced on demand
+        self._lost: list[tuple[int, int]] = []
         self._cond = threading.Condition(threading.Lock())
         self._free: collections.deque[Lease] = collections.deque()
         self._push = self._free.append
@@ -94,13 +130,7 @@ class BufferPool:
         self._allocator = Allocator() if allocator is None else allocator
         self._name = name
         self._count = count
-        try:
-            for i in range(count):
-                self._add(self._allocator.allocate(size, name=self._buffer_name(i)), i)
-        except BaseException:
-            self.close()
-            raise
-        self._size = self._free[0].buffer.size
+        self._size = 0
 
     def _buffer_name(self, i: int) -> str | None:
         return None if self._name is None else f"{self._name}{i}"
@@ -113,7 +143,8 @@ class BufferPool:
     # --- facts -----------------------------------------------------------------
     @property
     def size(self) -> int:
-        """Each buffer's size (the requested size rounded up to pages)."""
+        """Each buffer's size (the requested size rounded up to pages; the largest
+        of adopted buffers)."""
         return self._size
 
     @property
@@ -181,7 +212,7 @@ class BufferPool:
                     else:
                         lease._out = True
                         return lease
-                    if self._lost_slots:
+                    if self._lost:
                         return self._replace()
                     if expired(until):
                         raise timed_out(f"BufferPool.acquire: all {self._count} buffers are lent")
@@ -192,11 +223,11 @@ class BufferPool:
 
     def _replace(self) -> Lease:
         """A new buffer for one a borrower closed (called with the lock held)."""
-        slot = self._lost_slots.pop()
+        slot, size = self._lost.pop()
         try:
-            buffer = self._allocator.allocate(self._size, name=self._buffer_name(slot))
+            buffer = self._allocator.allocate(size, name=self._buffer_name(slot))
         except BaseException:
-            self._lost_slots.append(slot)
+            self._lost.append((slot, size))
             raise
         lease = Lease(self, buffer, slot)
         self._leases[id(buffer)] = lease
@@ -209,7 +240,7 @@ class BufferPool:
             if self._leases.get(id(lease.buffer)) is lease:
                 del self._leases[id(lease.buffer)]
             if not self._closed:
-                self._lost_slots.append(lease._slot)
+                self._lost.append((lease._slot, lease.buffer.size))
                 self._cond.notify()
 
     def _attend(self) -> None:
@@ -256,6 +287,6 @@ class BufferPool:
 
     def __repr__(self) -> str:
         if self._closed:
-            return f"<BufferPool closed size={getattr(self, '_size', '?')}>"
+            return f"<BufferPool closed size={self._size}>"
         return (f"<BufferPool {self.free}/{self._count} free size={self._size} "
                 f"allocator={self._allocator!r}>")

@@ -247,3 +247,31 @@ def test_a_dropped_pool_leaks_nothing() -> None:
 def test_kernel_pool_buffers_are_dma_bufs() -> None:
     with BufferPool(PAGE, 2) as pool, pool.acquire() as buf:
         assert buf.info().exporter in ("system", "udmabuf")
+
+
+def test_adopted_buffers_are_lent_and_closed_with_the_pool(heap: pydmabuf.Heap) -> None:
+    mine = [heap.allocate(PAGE), heap.allocate(3 * PAGE)]
+    pool = BufferPool.adopt(mine)
+    assert (pool.count, pool.free, pool.size) == (2, 2, 3 * PAGE)
+    assert {id(b) for b in pool.buffers} == {id(b) for b in mine}
+    buf = pool.take()
+    pool.release(buf)
+    pool.close()
+    assert all(b.closed for b in mine)
+
+
+def test_an_adopted_buffer_closed_by_its_borrower_is_replaced_at_its_size(heap: pydmabuf.Heap) -> None:
+    with BufferPool.adopt([heap.allocate(2 * PAGE)], name="a") as pool:
+        with pool.acquire() as buf:
+            buf.close()
+        with pool.acquire() as fresh:
+            assert fresh.size == 2 * PAGE and fresh.name == "a0" and fresh is not buf
+
+
+def test_adopt_checks_what_it_is_given(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(PAGE) as buf:
+        for bad in ([], [buf, buf], ["not a buffer"]):
+            with pytest.raises(pydmabuf.InvalidArgumentError):
+                BufferPool.adopt(bad)  # type: ignore[arg-type]
+    with pytest.raises(pydmabuf.InvalidArgumentError, match="closed"):
+        BufferPool.adopt([buf])
