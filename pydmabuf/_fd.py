@@ -37,9 +37,10 @@ hold_append = _held.append
 hold_remove = _held.remove
 
 # Hooks that close() runs before closing, for the (rare) objects an asyncio waiter is
-# watching. Kept outside the objects so creation costs nothing and close() pays one
-# global truth test while nothing waits anywhere.
-_close_hooks: dict[FdHolder, list[Callable[[], None]]] = {}
+# watching or a backend keeps state for. Kept outside the objects so creation costs
+# nothing and close() pays one global truth test while there are none. Keyed by id(),
+# not the object, so a hook never keeps its object alive: the finalizer runs them too.
+_close_hooks: dict[int, list[Callable[[], None]]] = {}
 
 
 class FdHolder:
@@ -106,6 +107,8 @@ class FdHolder:
         """Give up ownership: return the fd and leave this object closed."""
         self.fileno()
         self._fd = -1
+        if _close_hooks:  # the file lives on elsewhere: nothing to tear down, and an
+            _close_hooks.pop(id(self), None)  # entry must not outlive its id
         try:
             return self._cell.pop()
         except IndexError:
@@ -126,30 +129,39 @@ class FdHolder:
     def __del__(self) -> None:
         # No hold can be outstanding: _held would keep the object alive.
         cell = getattr(self, "_cell", None)
+        if not cell:
+            if _close_hooks:
+                _close_hooks.pop(id(self), None)
+            return
         if cell:
             self._fd = -1
-            try:  # noqa: SIM105 - plain try: contextlib may be gone at interpreter exit
+            try:
+                if _close_hooks:  # e.g. a backend's state for this buffer (no waiter: we're dead)
+                    _run_close_hooks(self)
                 os.close(cell.pop())
-            except (OSError, IndexError):
+            except Exception:
                 pass
 
 
 def add_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
-    """Run ``hook`` when ``holder`` is closed (before its fd is). Hooks must not raise."""
-    _close_hooks.setdefault(holder, []).append(hook)
+    """Run ``hook`` when ``holder`` is closed or finalized (before its fd is closed);
+    a hook equal to one already there is not added twice. Hooks must not raise."""
+    hooks = _close_hooks.setdefault(id(holder), [])
+    if hook not in hooks:
+        hooks.append(hook)
 
 
 def remove_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
-    hooks = _close_hooks.get(holder)
+    hooks = _close_hooks.get(id(holder))
     if hooks is not None:
         with contextlib.suppress(ValueError):
             hooks.remove(hook)
         if not hooks:
-            _close_hooks.pop(holder, None)
+            _close_hooks.pop(id(holder), None)
 
 
 def _run_close_hooks(holder: FdHolder) -> None:
-    for hook in _close_hooks.pop(holder, ()):
+    for hook in _close_hooks.pop(id(holder), ()):
         hook()
 
 

@@ -6,7 +6,7 @@ import errno as E
 import mmap
 
 from ._access import CpuAccess
-from ._fd import FdHolder, as_fd, dup_cloexec, hold_append, hold_remove
+from ._fd import FdHolder, add_close_hook, as_fd, dup_cloexec, hold_append, hold_remove
 from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
 from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
@@ -44,6 +44,25 @@ class Mapping(mmap.mmap):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"size={len(self)}"
         return f"<pydmabuf.Mapping {state}>"
+
+
+class _Forget:
+    """A close hook: tell the backend the buffer on ``fd`` is going (equal hooks for
+    the same buffer are registered once)."""
+
+    __slots__ = ("backend", "fd")
+
+    def __init__(self, backend: Backend, fd: int) -> None:
+        self.backend = backend
+        self.fd = fd
+
+    def __call__(self) -> None:
+        self.backend.forget(self.fd)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Forget) and other.backend is self.backend and other.fd == self.fd
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
@@ -238,13 +257,16 @@ class Buffer(FdHolder):
         if sync_file._backend is not self._backend:
             raise invalid(f"a {sync_file._backend.name} fence cannot be attached to a "
                           f"{self._backend.name} buffer")
+        backend = self._backend
         fd = self._hold()
         try:
             sync_fd = sync_file._hold()
             try:
-                self._backend.import_sync_file(fd, sync_fd, WRITE if write else READ)
+                backend.import_sync_file(fd, sync_fd, WRITE if write else READ)
             finally:
                 sync_file._release()
+            if backend.forgets:  # the backend keeps the fence for this buffer: until close
+                add_close_hook(self, _Forget(backend, fd))
         finally:
             self._release()
 

@@ -35,6 +35,7 @@ class Reactor:
         self._epoll: select.epoll | None = None
         self._owner: dict[int, _Watch] = {}  # watched input fd (a private dup) -> its watch
         self._thread: threading.Thread | None = None
+        self._wake = -1  # an eventfd in the set: cancel() wakes the thread to let it stop
 
     def signal_when_all(self, inputs: list[int], signal_end: int) -> None:
         """Signal the fence whose signal end is ``signal_end`` (which this takes over)
@@ -42,8 +43,9 @@ class Reactor:
         so the caller keeps (and may close) its own fds."""
         self.when_all(inputs, lambda: fences.signal(signal_end), owned=signal_end)
 
-    def when_all(self, inputs: list[int], action: Callable[[], None], owned: int = -1) -> None:
-        """Run ``action`` in the reactor thread once every fd in ``inputs`` is readable."""
+    def when_all(self, inputs: list[int], action: Callable[[], None], owned: int = -1) -> _Watch:
+        """Run ``action`` in the reactor thread once every fd in ``inputs`` is readable;
+        the returned watch can be cancelled."""
         dups = {dup_cloexec(fd) for fd in inputs}
         merge = _Watch(dups, action, owned)
         with self._lock:
@@ -52,6 +54,26 @@ class Reactor:
             for fd in dups:
                 self._owner[fd] = merge
                 self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        return merge
+
+    def cancel(self, watch: _Watch) -> None:
+        """Stop a watch whose action is no longer wanted, releasing its fds now; if it
+        was the last, the thread (and its epoll set) is gone when this returns."""
+        stopping = None
+        with self._lock:
+            for fd in list(watch.remaining):
+                if self._owner.get(fd) is watch:
+                    del self._owner[fd]
+                    if self._epoll is not None:
+                        with contextlib.suppress(OSError):
+                            self._epoll.unregister(fd)
+                    os.close(fd)
+            watch.remaining.clear()
+            if not self._owner and self._wake >= 0:
+                os.eventfd_write(self._wake, 1)  # nothing left: let the thread stop now
+                stopping = self._thread
+        if stopping is not None and stopping is not threading.current_thread():
+            stopping.join(0.5)  # it stops at once unless a new watch came meanwhile
 
     def _start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -59,6 +81,8 @@ class Reactor:
         # epoll allows registering from other threads while poll() blocks, so new
         # merges need no wakeup channel.
         self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wake, select.EPOLLIN)
         self._thread = threading.Thread(target=self._run, name="pydmabuf-fence-reactor", daemon=True)
         self._thread.start()
 
@@ -93,6 +117,9 @@ class Reactor:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
+        if self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
         self._thread = None
 
     def _after_fork_in_child(self) -> None:
@@ -106,6 +133,10 @@ class Reactor:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
+        if self._wake >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._wake)
+            self._wake = -1
         self._thread = None
 
 

@@ -74,6 +74,13 @@ class Backend(ABC):
     @abstractmethod
     def buffer_info(self, fd: int, size: int) -> BufferInfo: ...
 
+    # Whether Buffer.close() must call ``forget`` first (state kept per buffer file).
+    forgets = False
+
+    def forget(self, fd: int) -> None:
+        """A Buffer holding ``fd`` is closing: drop what this backend keeps for it."""
+        return None
+
     def local_name(self, fd: int) -> bytes:
         """The buffer's name if it lives only in this process and so must travel in a
         message header; b"" when the name travels with the file itself."""

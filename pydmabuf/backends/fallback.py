@@ -67,11 +67,12 @@ class _Implicit:
     """Per-buffer state the kernel keeps in the dma-buf's reservation object. It
     exists only while a fence is attached or a CPU-access bracket is open."""
 
-    __slots__ = ("fences", "depth")
+    __slots__ = ("fences", "depth", "watches")
 
     def __init__(self) -> None:
         self.fences: list[_Fence] = []
         self.depth = 0  # open CPU-access brackets
+        self.watches: list[object] = []  # the reactor's prune watches, cancelled by forget
 
 
 class FallbackTimeline(TimelineSource):
@@ -334,7 +335,32 @@ class FallbackBackend(Backend):
             state.fences.append(_Fence(dup_cloexec(sync_fd), bool(flags & _WRITE)))
         # Release the private fd (and maybe the state) as soon as the fence signals,
         # not at the buffer's next use, which may never come.
-        reactor.when_all([sync_fd], lambda: self._prune(key, state))
+        watch = reactor.when_all([sync_fd], lambda: self._prune(key, state))
+        with self._lock:
+            state.watches.append(watch)
+
+    forgets = True
+
+    def forget(self, fd: int) -> None:
+        """A Buffer holding ``fd`` is closing: drop the buffer's implicit fences in this
+        process (their private fds and the watches on them) as the kernel drops a freed
+        dma-buf's, instead of keeping them until they signal."""
+        try:
+            key = self._key(fd)
+        except OSError:
+            return
+        with self._lock:
+            state = self._state.pop(key, None)
+            if state is None:
+                return
+            watches, state.watches = state.watches, []
+            for f in state.fences:
+                if f.users == 0:  # a waiter polling it closes it when done (see _pending)
+                    os.close(f.fd)
+                    f.done = True
+            state.fences = [f for f in state.fences if f.users]
+        for watch in watches:
+            reactor.cancel(watch)  # type: ignore[arg-type]
 
     def _prune(self, key: tuple[int, int], state: _Implicit) -> None:
         with self._lock:
