@@ -7,11 +7,12 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 
 from __future__ import annotations
 
-from . import channel
+from . import channel, formats, interop
 from ._access import CpuAccess
+from .allocator import Allocator
 from .backends import get_backend
 from .buffer import Buffer, Mapping
-from .channel import Consumer, Frame, Producer
+from .channel import Consumer, Delivery, Event, Producer
 from .credentials import PeerCredentials, check_peer, peer_credentials
 from .errors import (
     ClosedError,
@@ -23,8 +24,11 @@ from .errors import (
     TimeoutError,
     UnsupportedError,
 )
+from .formats import LINEAR, MOD_INVALID, Format, describe_modifier, modifier_name, modifier_value
+from .frame import Frame, Plane, PlaneView, allocate_frame, plane_layout
 from .heap import Heap, heaps
 from .info import BufferInfo, FenceInfo, SyncFileInfo
+from .pool import BufferPool, Lease
 from .share import ProtocolError, recv, send
 from .syncfile import SyncFile
 from .timeline import Timeline
@@ -33,23 +37,37 @@ from .waiting import FenceSet, wait_all, wait_any
 
 __version__ = "0.1.0"
 
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "backend", "cuda", "dlpack"])
+
 __all__ = [
+    "LINEAR",
+    "MOD_INVALID",
+    "Allocator",
     "Buffer",
     "BufferInfo",
+    "BufferPool",
     "ClosedError",
     "Consumer",
     "CpuAccess",
+    "Delivery",
     "Error",
+    "Event",
     "FenceInfo",
     "FenceSet",
+    "Format",
     "Frame",
     "Heap",
     "InvalidArgumentError",
+    "Lease",
     "Mapping",
     "NotFoundError",
     "OutOfMemoryError",
     "PeerCredentials",
     "PermissionDeniedError",
+    "Plane",
+    "PlaneView",
     "Producer",
     "ProtocolError",
     "SyncFile",
@@ -57,12 +75,21 @@ __all__ = [
     "Timeline",
     "TimeoutError",
     "UnsupportedError",
+    "allocate_frame",
     "backend",
     "channel",
     "check_peer",
+    "cuda",
+    "describe_modifier",
+    "dlpack",
+    "formats",
     "get_backend",
     "heaps",
+    "interop",
+    "modifier_name",
+    "modifier_value",
     "peer_credentials",
+    "plane_layout",
     "recv",
     "send",
     "udmabuf",
@@ -75,11 +102,15 @@ __all__ = [
 backend: str  # resolved on first access (module __getattr__), see below
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> object:
     # Resolved lazily so that a bad PYDMABUF_BACKEND (or kernel asked for where it
     # cannot work) raises a clear error where it is used, not at import.
     if name == "backend":
         from .backends import default_name
 
         return default_name()
+    if name in ("cuda", "dlpack"):  # ctypes and the driver: only for programs that use them
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'pydmabuf' has no attribute {name!r}")

@@ -9,6 +9,8 @@ from ._access import CpuAccess
 from ._fd import FdHolder, add_close_hook, as_fd, dup_cloexec, hold_append, hold_remove
 from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
+from .dlpack import collect as _collect_dlpack
+from .dlpack import dlpack, dlpack_device
 from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
 from .syncfile import SyncFile
@@ -36,10 +38,23 @@ def encode_name(name: object) -> bytes:
 
 class Mapping(mmap.mmap):
     """A shared CPU mapping of a buffer. Supports the buffer protocol
-    (``memoryview(m)``, ``numpy.frombuffer(m, ...)`` without copying); read-only
-    mappings refuse writes. It keeps the buffer alive until closed, even after the
-    Buffer object is closed. Bracket CPU reads and writes with ``Buffer.cpu_access``.
+    (``memoryview(m)``, ``numpy.frombuffer(m, ...)`` without copying) and DLPack
+    (``numpy.from_dlpack(m)``, ``torch.from_dlpack(m)``: CPU, uint8, one dimension;
+    read-only mappings export read-only tensors, and the consumer keeps the mapping
+    alive); read-only mappings refuse writes. It keeps the buffer alive until closed,
+    even after the Buffer object is closed. Bracket CPU reads and writes with
+    ``Buffer.cpu_access``.
     """
+
+    __dlpack__ = dlpack
+    __dlpack_device__ = dlpack_device
+
+    def close(self) -> None:
+        _collect_dlpack()  # release exports whose consumer is done, so close works right after
+        super().close()
+
+    def __exit__(self, *exc: object) -> None:  # mmap's own __exit__ would bypass close()
+        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"size={len(self)}"

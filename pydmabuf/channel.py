@@ -43,13 +43,19 @@ from types import TracebackType
 
 from . import _memfd, share
 from ._wait import deadline, expired, remaining_ms
+from .allocator import Allocator
 from .buffer import Buffer, Mapping
 from .credentials import check_peer, id_set, peer_credentials
 from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_out
+from .formats import Format
+from .frame import Frame, allocate_frame
 from .heap import Heap
 from .syncfile import SyncFile
 
-__all__ = ["SLOW_CONSUMER_POLICIES", "Consumer", "Event", "Frame", "Producer"]
+Item = Buffer | Frame  # what a producer serves: buffers, or frames (1-4 buffers each)
+_ITEMS = (Buffer, Frame)
+
+__all__ = ["SLOW_CONSUMER_POLICIES", "Consumer", "Delivery", "Event", "Producer"]
 
 log = logging.getLogger("pydmabuf.channel")
 SLOW_CONSUMER_POLICIES = ("drop", "disconnect")
@@ -175,15 +181,44 @@ def _shareable(buffer: Buffer) -> tuple[Buffer, Mapping | None]:
     return Buffer(ro, buffer.size, buffer._backend, buffer._offset), mapping
 
 
+def _shareable_item(item: Item) -> tuple[Item, Mapping | None]:
+    """What consumers get for a pool item (see ``_shareable``); a frame's objects are
+    mapped writable by the frame itself first (its plane views keep working)."""
+    if isinstance(item, Buffer):
+        return _shareable(item)
+    if item.format.linear or item.modifier in (0, 2**56 - 1):
+        with contextlib.suppress(OSError, ValueError):
+            for view in item.plane_views(write=True):  # cached by the frame from now on
+                view.release()
+    shared: list[Buffer] = []
+    try:
+        for obj in item.objects:
+            ro, mapping = _shareable(obj)
+            if mapping is not None:
+                mapping.close()  # the frame's own mappings are the producer's
+            shared.append(ro)
+        return Frame(item.width, item.height, item.format, shared, item.planes, modifier=item.modifier,
+                     own=True), None
+    except BaseException:
+        for b, obj in zip(shared, item.objects, strict=False):
+            if b is not obj:
+                b.close()
+        raise
+
+
 class Producer:
     """Serves frames to consumers that ``Consumer.connect(path)``; a ``path`` starting
     with "@" is an abstract socket name (no file to clean up), any other path a socket
     file created owner-only (0600).
 
     Give it ``buffers`` to own, or ``size`` and ``count`` to allocate from ``heap``
-    (default: the "system" heap of the default backend). It owns and closes them;
-    write frames through ``mapping(buf)`` (fallback buffers refuse new writers once
-    the producer has them).
+    (default: a :class:`pydmabuf.Allocator`, the CMA heap, else the system heap,
+    else udmabuf; ``PYDMABUF_PROVIDERS`` overrides). It owns and closes them; write
+    frames through ``mapping(buf)`` (fallback buffers refuse new writers once the
+    producer has them). To serve images, give it ``frames`` (pydmabuf.Frame objects
+    to own) or ``frame_layout=(width, height, format)`` and ``count`` to allocate
+    them (``allocate_frame``); consumers then receive whole frames, and you write
+    through each frame's ``plane_view(i)``.
 
     Who may connect: consumers running as this process's effective uid, any uid in
     ``allow_uids`` or primary gid in ``allow_gids``; others get no frame, their
@@ -205,10 +240,11 @@ class Producer:
     def __init__(self, path: str, *, size: int = 0, count: int = 4, heap: Heap | None = None,
                  buffers: Sequence[Buffer] | None = None, allow_uids: Iterable[int] | None = None,
                  allow_gids: Iterable[int] | None = None, max_pending: int | None = None,
-                 slow_consumer: str = "drop") -> None:
+                 slow_consumer: str = "drop", frames: Sequence[Frame] | None = None,
+                 frame_layout: tuple[int, int, Format | str | int] | None = None) -> None:
         self._listener: socket.socket | None = None
-        self._buffers: list[Buffer] = []
-        self._shared: list[Buffer] = []  # what consumers get: read-only where possible
+        self._buffers: list[Item] = []  # the pool: Buffers, or Frames
+        self._shared: list[Item] = []  # what consumers get: read-only where possible
         self._maps: list[Mapping | None] = []
         self._peers: dict[int, _Peer] = {}
         self._frames: dict[int, list[int]] = {}  # seq -> [buffer index, holders left]
@@ -230,12 +266,20 @@ class Producer:
         self._allow_uids = id_set(allow_uids, "allow_uids")
         self._allow_gids = id_set(allow_gids, "allow_gids")
         try:
-            self._buffers = self._own(buffers) if buffers is not None else self._allocate(size, count, heap)
+            if frames is not None or frame_layout is not None:
+                if buffers is not None or size:
+                    raise invalid("give frames= or frame_layout=, or buffers= or size=, not both")
+                made: list[Frame] = (self._own_frames(frames) if frames is not None
+                                     else self._allocate_frames(frame_layout, count, heap))
+                self._buffers = list(made)
+            else:
+                self._buffers = list(self._own(buffers) if buffers is not None
+                                     else self._allocate(size, count, heap))
             self.max_pending = self._pending_limit(max_pending, len(self._buffers))
             self._index = {id(b): i for i, b in enumerate(self._buffers)}
             self._acquired = bytearray(len(self._buffers))
             for b in self._buffers:
-                shared, mapping = _shareable(b)
+                shared, mapping = _shareable_item(b)
                 self._shared.append(shared)
                 self._maps.append(mapping)
             self._free.extend(range(len(self._buffers)))
@@ -260,6 +304,44 @@ class Producer:
         if len({id(b) for b in pool}) != len(pool):
             raise invalid("the same Buffer appears twice in buffers")
         return pool
+
+    @staticmethod
+    def _own_frames(frames: Sequence[Frame]) -> list[Frame]:
+        pool = list(frames)
+        if not pool:
+            raise invalid("a Producer needs at least one frame")
+        for f in pool:
+            if not isinstance(f, Frame):
+                raise invalid(f"frames must be pydmabuf.Frame objects, got {type(f).__name__}")
+            if f.closed:
+                raise closed("Frame")
+        if len({id(f) for f in pool}) != len(pool):
+            raise invalid("the same Frame appears twice in frames")
+        return pool
+
+    @staticmethod
+    def _allocate_frames(layout: tuple[int, int, Format | str | int] | None, count: int,
+                         heap: Heap | None) -> list[Frame]:
+        if not isinstance(layout, tuple) or len(layout) != 3:
+            raise invalid("frame_layout is (width, height, format)")
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise invalid(f"count must be an int > 0, got {count!r}")
+        if heap is not None and not isinstance(heap, Heap):
+            raise TypeError(f"heap must be a Heap or None, got {type(heap).__name__}")
+        width, height, fmt = layout
+        out: list[Frame] = []
+        allocator = heap if heap is not None else Allocator()
+        try:
+            for i in range(count):
+                out.append(allocate_frame(width, height, fmt, allocator=allocator, name=f"channel{i}"))
+        except BaseException:
+            for f in out:
+                f.close()
+            raise
+        finally:
+            if isinstance(allocator, Allocator):
+                allocator.close()
+        return out
 
     @staticmethod
     def _pending_limit(max_pending: int | None, count: int) -> int:
@@ -307,7 +389,7 @@ class Producer:
         if heap is not None and not isinstance(heap, Heap):
             raise TypeError(f"heap must be a Heap or None, got {type(heap).__name__}")
         own = heap is None
-        h = Heap("system") if heap is None else heap
+        h: Heap | Allocator = Allocator() if heap is None else heap
         out: list[Buffer] = []
         try:
             for i in range(count):
@@ -332,7 +414,16 @@ class Producer:
 
     @property
     def buffers(self) -> list[Buffer]:
-        return list(self._buffers)
+        """The pool's buffers (every frame's objects, for a frame producer)."""
+        out: list[Buffer] = []
+        for item in self._buffers:
+            out.extend(item.objects if isinstance(item, Frame) else (item,))
+        return out
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The pool's frames (empty for a buffer producer)."""
+        return [item for item in self._buffers if isinstance(item, Frame)]
 
     @property
     def free(self) -> int:
@@ -340,14 +431,17 @@ class Producer:
         return len(self._free)
 
     def mapping(self, buffer: Buffer) -> Mapping:
-        """A writable mapping of one of the pool's buffers, made once and kept."""
+        """A writable mapping of one of the pool's buffers, made once and kept (a frame
+        producer's frames map themselves: ``frame.plane_view(i)``)."""
         i = self._slot(buffer)
+        if not isinstance(buffer, Buffer):
+            raise invalid("mapping() is for buffers; write a frame through frame.plane_view(i)")
         m = self._maps[i]
         if m is None:
             m = self._maps[i] = buffer.map()
         return m
 
-    def _slot(self, buffer: Buffer) -> int:
+    def _slot(self, buffer: Item) -> int:
         if self._listener is None:
             raise closed("Producer")
         i = self._index.get(id(buffer))
@@ -485,8 +579,8 @@ class Producer:
                 raise timed_out(f"waiting for {n} consumer(s), {len(self._peers)} connected")
             self._service(remaining_ms(until))
 
-    def acquire(self, timeout: float | None = None) -> Buffer:
-        """A buffer no consumer holds, to fill and ``submit``. Waits for releases
+    def acquire(self, timeout: float | None = None) -> Item:
+        """A buffer (or frame) no consumer holds, to fill and ``submit``. Waits for releases
         (TimeoutError after ``timeout`` seconds; None waits forever)."""
         free = self._free
         # Connections serviced moments ago: releases and newcomers can wait, as in a
@@ -508,7 +602,7 @@ class Producer:
                 raise timed_out(f"acquire: all {len(self._buffers)} buffers are held by consumers")
             self._service(remaining_ms(until))
 
-    def submit(self, buffer: Buffer, fence: SyncFile | None = None, *, meta: bytes = b"") -> int:
+    def submit(self, buffer: Item, fence: SyncFile | None = None, *, meta: bytes = b"") -> int:
         """Send a buffer from ``acquire`` to every connected consumer that keeps up;
         ``fence`` (kept by you) signals when its contents are ready. Returns how many
         consumers got it; with none, the buffer goes straight back to the pool.
@@ -589,7 +683,7 @@ class Producer:
         self._maps = []
         for shared, b in zip(self._shared, self._buffers, strict=False):  # shorter if __init__ failed
             if shared is not b:
-                shared.close()
+                shared.close()  # a shared frame owns its read-only dups
         self._shared = []
         for b in self._buffers:
             b.close()
@@ -606,19 +700,22 @@ class Producer:
         self.close()
 
 
-class Frame:
-    """One received buffer: ``wait()`` for its fence, ``map()`` it read-only, read,
-    ``release()`` it (or use ``with frame:``). After release the producer may reuse
-    the buffer, so the mapping and fds are closed then."""
+class Delivery:
+    """One received item: a Buffer, or a :class:`pydmabuf.Frame` when the producer
+    serves frames. ``wait()`` for its fence, ``map()`` the buffer read-only (or use
+    ``frame.plane_view(i, write=False)``), read, ``release()`` it (or use
+    ``with delivery:``). After release the producer may reuse the buffers, so the
+    mapping and fds are closed then."""
 
-    __slots__ = ("_consumer", "_map", "buffer", "fence", "meta", "seq")
+    __slots__ = ("_consumer", "_map", "buffer", "frame", "fence", "meta", "seq")
 
-    def __init__(self, consumer: Consumer, seq: int, buffer: Buffer, fence: SyncFile | None,
+    def __init__(self, consumer: Consumer, seq: int, item: Buffer | Frame, fence: SyncFile | None,
                  meta: bytes) -> None:
         self._consumer: Consumer | None = consumer
         self._map: Mapping | None = None
         self.seq = seq
-        self.buffer = buffer
+        self.frame = item if isinstance(item, Frame) else None
+        self.buffer = item.objects[0] if isinstance(item, Frame) else item  # the (first) buffer
         self.fence = fence
         self.meta = meta
 
@@ -628,7 +725,7 @@ class Frame:
             self.fence.wait(timeout)
 
     def map(self) -> Mapping:
-        """The read-only mapping of the buffer (made once)."""
+        """The read-only mapping of the (first) buffer (made once)."""
         m = self._map
         if m is None:
             m = self._map = self.buffer.map(write=False)
@@ -639,8 +736,8 @@ class Frame:
         return self._consumer is None
 
     def release(self) -> None:
-        """Close the mapping, buffer and fence and hand the buffer back. Idempotent;
-        after the producer is gone it only closes."""
+        """Close the mapping, buffers and fence and hand them back. Idempotent; after
+        the producer is gone it only closes."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -648,12 +745,15 @@ class Frame:
             self._map.close()  # BufferError while a memoryview of it is alive
             self._map = None
         self._consumer = None
-        self.buffer.close()
+        if self.frame is not None:
+            self.frame.close()
+        else:
+            self.buffer.close()
         if self.fence is not None:
             self.fence.close()
         consumer._release(self.seq)
 
-    def __enter__(self) -> Frame:
+    def __enter__(self) -> Delivery:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -666,8 +766,9 @@ class Frame:
                 self.release()
 
     def __repr__(self) -> str:
-        state = "released" if self._consumer is None else f"size={self.buffer.size}"
-        return f"<Frame seq={self.seq} {state} fence={self.fence is not None}>"
+        what = repr(self.frame) if self.frame is not None else f"size={self.buffer.size}"
+        state = "released" if self._consumer is None else what
+        return f"<Delivery seq={self.seq} {state} fence={self.fence is not None}>"
 
 
 class Consumer:
@@ -764,7 +865,7 @@ class Consumer:
             f"gid {os.getegid()}) and sends it nothing (a producer admits its own uid only; start it "
             f"with allow_uids=[{os.geteuid()}] or allow_gids=[{os.getegid()}] to admit this one)")
 
-    def receive(self, timeout: float | None = None) -> Frame | None:
+    def receive(self, timeout: float | None = None) -> Delivery | None:
         """The next frame; None once the stream has ended (see ``end_reason``).
         TimeoutError after ``timeout`` seconds (None waits forever)."""
         sock = self._sock
@@ -792,10 +893,10 @@ class Consumer:
             log.warning("consumer: %s", self.end_reason)
             return None
         n = len(objects)
-        if data[:1] == b"F" and len(data) >= _FRAME.size and 1 <= n <= 2 and type(objects[0]) is Buffer \
+        if data[:1] == b"F" and len(data) >= _FRAME.size and 1 <= n <= 2 and type(objects[0]) in _ITEMS \
                 and (n == 1 or type(objects[1]) is SyncFile):
-            return Frame(self, _FRAME.unpack_from(data)[1], objects[0],
-                         objects[1] if n == 2 else None, data[_FRAME.size:])  # type: ignore[arg-type]
+            return Delivery(self, _FRAME.unpack_from(data)[1], objects[0],  # type: ignore[arg-type]
+                            objects[1] if n == 2 else None, data[_FRAME.size:])  # type: ignore[arg-type]
         if not objects:
             if data == _END:
                 self.end_reason = "the producer ended the stream"

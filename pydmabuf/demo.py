@@ -1,7 +1,8 @@
 """``python -m pydmabuf demo``: the main job end to end, in two processes.
 
 This process is the producer: it allocates a pool from the best allocator there is
-(the "system" dma-heap, else udmabuf, else the fallback's memfds), fills frames and
+(``pydmabuf.Allocator``: the CMA heap, else the system heap, else udmabuf, else the
+fallback's memfds; ``PYDMABUF_PROVIDERS`` overrides), fills frames and
 submits each with a fence that it signals after the submit (standing in for a GPU
 finishing its work). A second process (this module again, with ``--consume``) is
 the consumer: it waits on each fence, maps the frame read-only, checksums every
@@ -19,12 +20,11 @@ import time
 import zlib
 
 from . import channel
+from .allocator import Allocator
 from .backends import get_backend
 from .buffer import Buffer
 from .errors import UnsupportedError
-from .heap import Heap, heaps
 from .timeline import Timeline
-from .udmabuf import udmabuf
 
 _CRC = struct.Struct("<I")
 
@@ -37,20 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pool(size: int, count: int) -> tuple[list[Buffer], str]:
-    backend = get_backend()
     out: list[Buffer] = []
-    try:
-        if "system" in heaps():
-            with Heap("system") as heap:
-                out = [heap.allocate(size, name=f"demo{i}") for i in range(count)]
-            what = "the 'system' dma-heap" if backend.name == "kernel" else "fallback memfds"
-        else:
-            out = [udmabuf(size, name=f"demo{i}") for i in range(count)]
-            what = "udmabuf"
-    except BaseException:
-        for b in out:
-            b.close()
-        raise
+    with Allocator() as allocator:
+        try:
+            out = [allocator.allocate(size, name=f"demo{i}") for i in range(count)]
+        except BaseException:
+            for b in out:
+                b.close()
+            raise
+        provider = allocator.last_provider
+    if get_backend().name == "fallback" or provider == "fallback":
+        what = "fallback memfds"
+    else:
+        what = "udmabuf" if provider == "udmabuf" else f"the {provider!r} dma-heap"
     return out, what
 
 
@@ -103,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             for seq in range(1, args.frames + 1):
                 buf = producer.acquire(timeout=30)
+                assert isinstance(buf, Buffer)  # a buffer producer (not frames)
                 m = producer.mapping(buf)
                 with buf.cpu_access(read=False):
                     m[:8] = seq.to_bytes(8, "little")  # a different frame each time

@@ -3,6 +3,7 @@ the kernel inside the real-kernel VM (PYDMABUF_BACKEND=kernel)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -36,10 +37,8 @@ TIMELINE_MISSING = _timeline_reason()
 def _open_long_lived_fds() -> None:
     """The kernel backend keeps /dev/udmabuf open once used: open it before the first
     test so the per-test fd count sees only what a test leaks."""
-    try:
+    with contextlib.suppress(OSError):
         pydmabuf.udmabuf(4096).close()
-    except OSError:
-        pass
 
 
 _open_long_lived_fds()

@@ -1,16 +1,11 @@
 """DLPack export of a Mapping: numpy shares its memory, read-only mappings give
 read-only arrays, the consumer keeps the mapping alive, the deleter releases it
-exactly once, and nothing leaks (fds, exports, references), on the active backend.
-
-Until ``pydmabuf.buffer.Mapping`` delegates ``__dlpack__``/``__dlpack_device__`` to
-``pydmabuf.dlpack`` (and collects finished exports in ``close``), the ``mapping_dlpack``
-fixture installs exactly that on the class for each test."""
+exactly once, and nothing leaks (fds, exports, references), on the active backend."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import mmap
 import os
 import sys
 from collections.abc import Iterator
@@ -26,22 +21,8 @@ np = pytest.importorskip("numpy", minversion="2.1", reason="numpy >= 2.1 speaks 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _close_collecting(self: Mapping) -> None:
-    dlpack.collect()
-    mmap.mmap.close(self)
-
-
-def _exit_collecting(self: Mapping, *exc: object) -> None:
-    self.close()
-
-
 @pytest.fixture(autouse=True)
-def mapping_dlpack(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if "__dlpack__" not in Mapping.__dict__:  # what buffer.py is to get
-        monkeypatch.setattr(Mapping, "__dlpack__", dlpack.dlpack, raising=False)
-        monkeypatch.setattr(Mapping, "__dlpack_device__", dlpack.dlpack_device, raising=False)
-        monkeypatch.setattr(Mapping, "close", _close_collecting)
-        monkeypatch.setattr(Mapping, "__exit__", _exit_collecting)
+def no_export_outlives_its_test() -> Iterator[None]:
     yield
     gc.collect()
     dlpack.collect()
