@@ -21,6 +21,7 @@ CDEF_FILES = (
     "sw_sync.h",
     "drm.h",
     "vgem_drm.h",
+    "videodev2.h",
 )
 
 
@@ -46,6 +47,10 @@ _IOC_READ = 2
 
 def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
+
+
+def _ior(kind: str, nr: int, ctype: str) -> int:
+    return _ioc(_IOC_READ, kind, nr, ffi.sizeof(ctype))
 
 
 def _iow(kind: str, nr: int, ctype: str) -> int:
@@ -77,10 +82,23 @@ DRM_IOCTL_MODE_CREATE_DUMB = _iowr("d", 0xB2, "struct drm_mode_create_dumb")
 DRM_COMMAND_BASE = 0x40
 DRM_IOCTL_VGEM_FENCE_ATTACH = _iowr("d", DRM_COMMAND_BASE + 1, "struct drm_vgem_fence_attach")
 DRM_IOCTL_VGEM_FENCE_SIGNAL = _iow("d", DRM_COMMAND_BASE + 2, "struct drm_vgem_fence_signal")
+# V4L2 (videodev2.h): the streaming subset examples/v4l2_capture.py uses
+VIDIOC_QUERYCAP = _ior("V", 0, "struct v4l2_capability")
+VIDIOC_ENUM_FMT = _iowr("V", 2, "struct v4l2_fmtdesc")
+VIDIOC_G_FMT = _iowr("V", 4, "struct v4l2_format")
+VIDIOC_S_FMT = _iowr("V", 5, "struct v4l2_format")
+VIDIOC_REQBUFS = _iowr("V", 8, "struct v4l2_requestbuffers")
+VIDIOC_QUERYBUF = _iowr("V", 9, "struct v4l2_buffer")
+VIDIOC_QBUF = _iowr("V", 15, "struct v4l2_buffer")
+VIDIOC_EXPBUF = _iowr("V", 16, "struct v4l2_exportbuffer")
+VIDIOC_DQBUF = _iowr("V", 17, "struct v4l2_buffer")
+VIDIOC_STREAMON = _iow("V", 18, "int")
+VIDIOC_STREAMOFF = _iow("V", 19, "int")
+VIDIOC_TRY_FMT = _iowr("V", 64, "struct v4l2_format")
 
 IOCTLS = {
     name: value
     for name, value in globals().items()
     if name.startswith(("DMA_BUF_IOCTL_", "DMA_BUF_SET_", "DMA_HEAP_IOCTL", "UDMABUF_CREATE",
-                        "SYNC_IOC_", "SW_SYNC_IOC_", "DRM_IOCTL_"))
+                        "SYNC_IOC_", "SW_SYNC_IOC_", "DRM_IOCTL_", "VIDIOC_"))
 }

@@ -41,6 +41,14 @@ HEADERS: dict[str, tuple[list[str], list[str]]] = {
         ["DRM_IOCTL_VERSION", "DRM_IOCTL_GEM_CLOSE", "DRM_IOCTL_PRIME_HANDLE_TO_FD",
          "DRM_IOCTL_MODE_CREATE_DUMB"],
     ),
+    "linux/videodev2.h": (
+        ["timeval", "v4l2_capability", "v4l2_fmtdesc", "v4l2_rect", "v4l2_window", "v4l2_pix_format",
+         "v4l2_plane_pix_format", "v4l2_pix_format_mplane", "v4l2_format", "v4l2_requestbuffers",
+         "v4l2_timecode", "v4l2_plane", "v4l2_buffer", "v4l2_exportbuffer"],
+        ["VIDIOC_QUERYCAP", "VIDIOC_ENUM_FMT", "VIDIOC_G_FMT", "VIDIOC_S_FMT", "VIDIOC_TRY_FMT",
+         "VIDIOC_REQBUFS", "VIDIOC_QUERYBUF", "VIDIOC_QBUF", "VIDIOC_DQBUF", "VIDIOC_EXPBUF",
+         "VIDIOC_STREAMON", "VIDIOC_STREAMOFF"],
+    ),
 }
 CONSTANTS = {
     "linux/dma-buf.h": ["DMA_BUF_SYNC_READ", "DMA_BUF_SYNC_WRITE", "DMA_BUF_SYNC_RW", "DMA_BUF_SYNC_START",
@@ -48,6 +56,13 @@ CONSTANTS = {
     "linux/dma-heap.h": ["DMA_HEAP_VALID_FD_FLAGS", "DMA_HEAP_VALID_HEAP_FLAGS"],
     "linux/udmabuf.h": ["UDMABUF_FLAGS_CLOEXEC"],
     "drm.h": ["DRM_CLOEXEC", "DRM_RDWR"],
+    "linux/videodev2.h": [
+        "VIDEO_MAX_PLANES", "V4L2_FIELD_ANY", "V4L2_FIELD_NONE", "V4L2_BUF_TYPE_VIDEO_CAPTURE",
+        "V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE", "V4L2_MEMORY_MMAP", "V4L2_MEMORY_DMABUF",
+        "V4L2_CAP_VIDEO_CAPTURE", "V4L2_CAP_VIDEO_CAPTURE_MPLANE", "V4L2_CAP_STREAMING",
+        "V4L2_CAP_DEVICE_CAPS", "V4L2_BUF_FLAG_ERROR", "V4L2_PIX_FMT_YUYV", "V4L2_PIX_FMT_UYVY",
+        "V4L2_PIX_FMT_NV12", "V4L2_PIX_FMT_NV21", "V4L2_PIX_FMT_NV12M", "V4L2_PIX_FMT_NV21M",
+        "V4L2_PIX_FMT_YUV420", "V4L2_PIX_FMT_YVU420", "V4L2_PIX_FMT_YUV420M"],
 }
 # Present only in newer headers: checked when the host has them, else from docs/uapi.md.
 OPTIONAL = {
@@ -72,6 +87,19 @@ def _header_exists(header: str) -> bool:
     return any((Path(root) / header).is_file() for root in roots)
 
 
+def _field_offsets(ctype: object, prefix: str = "", base: int = 0) -> list[tuple[str, int]]:
+    """(C member designator, offset) of every field, into named nested structs and
+    unions too (``fmt.pix_mp.num_planes``, ``m.fd``); anonymous unions' members are
+    listed by cffi as the struct's own, as C11 names them."""
+    found: list[tuple[str, int]] = []
+    for name, field in ctype.fields:  # type: ignore[attr-defined]
+        path, offset = prefix + name, base + field.offset
+        found.append((path, offset))
+        if field.type.kind in ("struct", "union") and field.type.fields is not None:
+            found += _field_offsets(field.type, path + ".", offset)
+    return found
+
+
 def _c_program(headers: list[str]) -> tuple[str, list[tuple[str, int]]]:
     """C source printing one `key value` line per checked fact, and the Python side."""
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <fcntl.h>"]
@@ -90,9 +118,8 @@ def _c_program(headers: list[str]) -> tuple[str, list[tuple[str, int]]]:
         for struct in structs:
             ctype = ffi.typeof(f"struct {struct}")
             emit(f"sizeof.{struct}", f"sizeof(struct {struct})", ffi.sizeof(ctype))
-            for field, _ in ctype.fields:
-                emit(f"offsetof.{struct}.{field}", f"offsetof(struct {struct}, {field})",
-                     ffi.offsetof(ctype, field))
+            for path, offset in _field_offsets(ctype):
+                emit(f"offsetof.{struct}.{path}", f"offsetof(struct {struct}, {path})", offset)
         for name in ioctls:
             emit(f"ioctl.{name}", name, getattr(_ffi, name))
         for name in CONSTANTS.get(header, []):
