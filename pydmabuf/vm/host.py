@@ -9,13 +9,13 @@ import struct
 import sys
 from pathlib import Path
 
+from .cache import cache_dir
+from .kernel import cached_kernel
+
+__all__ = ["INSTALL_HINT", "QEMU", "available", "cache_dir", "find_busybox", "find_qemu"]
+
 INSTALL_HINT = "apt-get install --no-install-recommends qemu-system-x86 busybox-static cpio"
 QEMU = "qemu-system-x86_64"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pydmabuf"
 
 
 def find_qemu() -> str | None:
@@ -71,9 +71,6 @@ def available() -> tuple[bool, str]:
         return False, f"{QEMU} not found (install: {INSTALL_HINT})"
     if find_busybox() is None:
         return False, f"no statically linked busybox found (install: {INSTALL_HINT})"
-    if not os.environ.get("PYDMABUF_VM_KERNEL") and not shutil.which("apt-get"):
-        from .kernel import cached_kernel  # local import: kernel imports this module
-
-        if cached_kernel() is None:
-            return False, "no cached kernel, no apt-get to fetch one, and PYDMABUF_VM_KERNEL unset"
+    if not os.environ.get("PYDMABUF_VM_KERNEL") and not shutil.which("apt-get") and cached_kernel() is None:
+        return False, "no cached kernel, no apt-get to fetch one, and PYDMABUF_VM_KERNEL unset"
     return True, "ok"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import debian, modules
-from .host import cache_dir
+from .cache import cache_dir
 
 SUITE = os.environ.get("PYDMABUF_VM_DEBIAN_SUITE", "trixie")
 METAPACKAGE = "linux-image-amd64"
