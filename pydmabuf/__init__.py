@@ -8,10 +8,9 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 from __future__ import annotations
 
 from . import channel, formats, interop
-from ._access import CpuAccess
 from .allocator import Allocator
 from .backends import get_backend
-from .buffer import Buffer, Mapping
+from .buffer import Buffer, CpuAccess, Mapping
 from .channel import Consumer, Delivery, Event, Producer
 from .credentials import PeerCredentials, check_peer, peer_credentials
 from .errors import (

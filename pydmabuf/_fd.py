@@ -24,7 +24,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .errors import closed, invalid
 
@@ -186,4 +186,34 @@ def as_fd(obj: object) -> int:
             raise invalid(f"fileno() returned {type(fd).__name__}, not an int")
     if not 0 <= fd <= FD_MAX:
         raise invalid(f"invalid fd {fd}")
+    return fd
+
+
+# --- pickling for multiprocessing -----------------------------------------------------
+# The fd goes through ``multiprocessing.reduction.DupFd``: while a child is being
+# started (spawn, forkserver) it rides along with the process; otherwise (Queues, Pool
+# tasks and results) the sending process's resource sharer hands a duplicate to the
+# first process that unpickles it. So a pickle is meant to be loaded once, by another
+# process, while the sender is alive, as with sockets in multiprocessing.
+
+class DupFdLike(Protocol):
+    def detach(self) -> int: ...
+
+
+def pickled_fd(holder: FdHolder) -> DupFdLike:
+    """A ``DupFd`` for ``holder``'s file, taken under a hold (a close() in another
+    thread can't swap the file under the dup)."""
+    from multiprocessing import reduction  # only programs that pickle pay for it
+
+    fd = holder._hold()
+    try:
+        return reduction.DupFd(fd)
+    finally:
+        holder._release()
+
+
+def unpickled_fd(dupfd: DupFdLike) -> int:
+    """The fd a ``DupFd`` brings, made close-on-exec like every fd we own."""
+    fd = dupfd.detach()
+    os.set_inheritable(fd, False)
     return fd

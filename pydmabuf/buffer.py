@@ -1,17 +1,42 @@
-"""Buffer (an owned dma-buf fd), its CPU mappings and CPU-access brackets."""
+"""Buffer (an owned dma-buf fd), its CPU mappings and CPU-access brackets.
+
+CpuAccess is the ``with buffer.cpu_access(...)`` bracket (DMA_BUF_IOCTL_SYNC START on
+entry, END on exit, also when the block raises). It holds the buffer's fd from START
+to END (see :mod:`pydmabuf._fd`): a ``close()`` inside the block, from any thread,
+takes effect after END, which so always reaches the file that START did. It refers to
+its buffer through a weak reference, so the buffer caches its default bracket (the hot
+loop ``with buf.cpu_access():`` creates no object) without a reference cycle: a dropped
+buffer is closed at once, not when the cycle collector runs. The backend hands over
+its SYNC call as plain values (``Backend.sync_call``): a callable with
+``fcntl.ioctl``'s signature and the packed START/END arguments, so the kernel's bracket
+is one ``fcntl.ioctl`` each way with no Python frame in between.
+"""
 
 from __future__ import annotations
 
 import errno as E
 import mmap
+import os
+import weakref
+from collections.abc import Callable
+from types import TracebackType
 
-from ._access import CpuAccess
-from ._fd import FdHolder, add_close_hook, as_fd, dup_cloexec, hold_append, hold_remove
+from ._fd import (
+    DupFdLike,
+    FdHolder,
+    add_close_hook,
+    as_fd,
+    dup_cloexec,
+    hold_append,
+    hold_remove,
+    pickled_fd,
+    unpickled_fd,
+)
 from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
 from .dlpack import collect as _collect_dlpack
 from .dlpack import dlpack, dlpack_device
-from .errors import READONLY_MAP_HINT, check_name, closed, error, invalid, unmappable_hint
+from .errors import READONLY_MAP_HINT, Error, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
 from .syncfile import SyncFile
 
@@ -59,6 +84,18 @@ class Mapping(mmap.mmap):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"size={len(self)}"
         return f"<pydmabuf.Mapping {state}>"
+
+
+def _rebuild_buffer(dupfd: DupFdLike, size: int, backend: str, offset: int) -> Buffer:
+    fd = unpickled_fd(dupfd)
+    try:  # the fd's kind, not the pickle, says which semantics apply
+        found, real_size = buffer_backend(fd)
+        if not 0 <= offset <= offset + size <= real_size:
+            raise invalid(f"pickled buffer of {size} bytes at {offset} does not fit its fd")
+    except BaseException:
+        os.close(fd)
+        raise
+    return new_buffer(fd, size, found, offset)
 
 
 class _Forget:
@@ -141,10 +178,8 @@ class Buffer(FdHolder):
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
-        # multiprocessing duplicates the fd into the receiver (see pydmabuf._pickle).
-        from ._pickle import reduce_buffer
-
-        return reduce_buffer(self)
+        # multiprocessing duplicates the fd into the receiver (see _fd.pickled_fd).
+        return _rebuild_buffer, (pickled_fd(self), self._size, self._backend.name, self._offset)
 
     # --- facts -------------------------------------------------------------------
     @property
@@ -315,3 +350,66 @@ class Buffer(FdHolder):
         except OSError:
             name = "?"
         return f"<Buffer fd={self._fd} size={self._size} name={name!r} backend={self._backend.name}>"
+
+
+class CpuAccess:
+    __slots__ = ("_ref", "_flags", "_timeout", "_fd", "_call", "_request", "_start", "_end")
+
+    def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
+        self._ref = weakref.ref(buffer)
+        self._flags = flags
+        self._timeout = timeout
+        self._fd = -1  # what START went to; a buffer's number never changes while held
+        call: tuple[Callable[[int, int, object], object], int, object, object]
+        call = buffer._backend.sync_call(flags)
+        self._call, self._request, self._start, self._end = call
+
+    @staticmethod
+    def _sync(buf: Buffer, fd: int, flags: int, exc: OSError) -> None:
+        """After the fast call failed: a library error stands; a raw OSError goes through
+        the backend's checked call, which retries EINTR/EAGAIN and raises typed errors."""
+        if isinstance(exc, Error):
+            raise exc
+        buf._backend.sync(fd, flags)
+
+    def __enter__(self) -> Buffer:
+        buf = self._ref()
+        if buf is None:
+            raise closed("Buffer")
+        hold_append(buf)
+        fd = buf._fd
+        if fd < 0:
+            buf._release()
+            raise closed("Buffer")
+        try:
+            if self._timeout is not None:
+                # START waits for implicit fences with no limit: honour the timeout first.
+                buf._backend.wait_idle(fd, bool(self._flags & WRITE), self._timeout, "cpu_access")
+            try:
+                self._call(fd, self._request, self._start)
+            except OSError as exc:
+                self._sync(buf, fd, self._flags, exc)
+        except BaseException:
+            buf._release()
+            raise
+        self._fd = fd
+        return buf
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        buf = self._ref()
+        if buf is None:  # unreachable while held: _held keeps the buffer alive
+            return
+        try:
+            try:
+                self._call(self._fd, self._request, self._end)
+            except OSError as err:
+                self._sync(buf, self._fd, self._flags | END, err)
+        finally:
+            hold_remove(buf)  # buf._release(), inlined on the hottest path
+            if buf._fd < 0:
+                buf._finish()

@@ -7,7 +7,7 @@ import select
 from collections.abc import Callable, Iterable
 
 from . import _wait
-from ._fd import FdHolder, as_fd, dup_cloexec
+from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, pickled_fd, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
 from .info import SyncFileInfo
@@ -15,6 +15,16 @@ from .info import SyncFileInfo
 _new = object.__new__
 _ready = _wait.ready
 _POLLIN = _wait.POLLIN
+
+
+def _rebuild_sync_file(dupfd: DupFdLike, backend: str) -> SyncFile:
+    fd = unpickled_fd(dupfd)
+    try:  # the fd's kind, not the pickle, says which semantics apply
+        found = fence_backend(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return new_sync_file(fd, found)
 
 
 def new_sync_file(fd: int, backend: Backend) -> SyncFile:
@@ -58,10 +68,8 @@ class SyncFile(FdHolder):
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
-        # multiprocessing duplicates the fd into the receiver (see pydmabuf._pickle).
-        from ._pickle import reduce_sync_file
-
-        return reduce_sync_file(self)
+        # multiprocessing duplicates the fd into the receiver (see _fd.pickled_fd).
+        return _rebuild_sync_file, (pickled_fd(self), self._backend.name)
 
     @property
     def backend(self) -> str:
