@@ -220,7 +220,7 @@ class Buffer(FdHolder):
     def info(self) -> BufferInfo:
         fd = self._hold()
         try:
-            return self._backend.buffer_info(fd, self._size)
+            return BufferInfo(*self._backend.buffer_info(fd, self._size))
         finally:
             self._release()
 
@@ -244,7 +244,7 @@ class Buffer(FdHolder):
             code = exc.errno or E.EINVAL
             hint = None
             if code in _UNSUPPORTED:  # ENOTSUPP/EOPNOTSUPP: the exporter has no mmap
-                hint = unmappable_hint(self._backend.buffer_info(fd, self._size).exporter)
+                hint = unmappable_hint(self._backend.buffer_info(fd, self._size)[1])
             raise error(code, "mmap", hint) from None
         finally:
             self._release()

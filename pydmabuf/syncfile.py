@@ -10,7 +10,7 @@ from . import _wait
 from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, pickled_fd, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
-from .info import SyncFileInfo
+from .info import FenceInfo, SyncFileInfo
 
 _new = object.__new__
 _ready = _wait.ready
@@ -173,7 +173,7 @@ class SyncFile(FdHolder):
             name, status, fences = self._backend.sync_file_info(fd)
         finally:
             self._release()
-        return SyncFileInfo(name, status, tuple(fences))
+        return SyncFileInfo(name, status, tuple(FenceInfo(*f) for f in fences))
 
     def set_deadline(self, deadline_ns: int) -> None:
         """Hint the fence's driver: wanted by CLOCK_MONOTONIC ``deadline_ns`` (Linux 6.8+;

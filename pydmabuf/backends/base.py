@@ -10,7 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from ..info import BufferInfo, FenceInfo
+# Plain values cross this interface; the public layer builds its info objects.
+BufferFacts = tuple[int, str, "str | None", int, int]  # size, exporter, name, inode, count
+FenceFacts = tuple[str, str, int, int]  # obj_name, driver_name, status, timestamp_ns
 
 Range = tuple[int, int, int]  # (memfd, offset, size)
 
@@ -72,7 +74,8 @@ class Backend(ABC):
     def set_name(self, fd: int, name: bytes) -> None: ...
 
     @abstractmethod
-    def buffer_info(self, fd: int, size: int) -> BufferInfo: ...
+    def buffer_info(self, fd: int, size: int) -> BufferFacts:
+        """(size, exporter, name, inode, count): what ``Buffer.info()`` reports."""
 
     # Whether Buffer.close() must call ``forget`` first (state kept per buffer file).
     forgets = False
@@ -115,7 +118,8 @@ class Backend(ABC):
     def merge(self, fd: int, other_fd: int, name: str) -> int: ...
 
     @abstractmethod
-    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]: ...
+    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceFacts]]:
+        """(name, status, fences as (obj_name, driver_name, status, timestamp_ns))."""
 
     @abstractmethod
     def set_deadline(self, fd: int, deadline_ns: int) -> None: ...

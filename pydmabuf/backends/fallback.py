@@ -19,10 +19,9 @@ from collections.abc import Callable
 from .. import _memfd, _wait
 from .._fd import dup_cloexec
 from ..errors import closed, error, invalid, timed_out, unsupported
-from ..info import BufferInfo, FenceInfo
 from . import fallback_fences as fences
 from ._reactor import reactor
-from .base import Backend, Range, TimelineSource
+from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource
 
 EXPORTER = "pydmabuf-fallback"
 HEAPS = ("system",)
@@ -222,10 +221,9 @@ class FallbackBackend(Backend):
             if exc.errno in (E.ENOTSUP, E.EOPNOTSUPP):
                 self._names[self._key(fd)] = name.decode("utf-8", "replace")
 
-    def buffer_info(self, fd: int, size: int) -> BufferInfo:
+    def buffer_info(self, fd: int, size: int) -> BufferFacts:
         st = os.fstat(fd)
-        return BufferInfo(size=size, exporter=EXPORTER, name=self.buffer_name(fd),
-                          inode=st.st_ino, count=_own_references(st.st_ino))
+        return size, EXPORTER, self.buffer_name(fd), st.st_ino, _own_references(st.st_ino)
 
     # CPU access and implicit fences -------------------------------------------------
     def _release_state(self, key: tuple[int, int], state: _Implicit) -> None:
@@ -380,9 +378,9 @@ class FallbackBackend(Backend):
             raise error(E.ENOENT, "SYNC_IOC_MERGE", "the other fd is not a sync file")
         return merged_fence([fd, other_fd])
 
-    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]:
+    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceFacts]]:
         status, stamp = fences.status(fd)
-        return EXPORTER, status, [FenceInfo("fallback", EXPORTER, status, stamp)]
+        return EXPORTER, status, [("fallback", EXPORTER, status, stamp)]
 
     def set_deadline(self, fd: int, deadline_ns: int) -> None:
         return None  # a hint only, as on kernels whose fences have no deadline hook

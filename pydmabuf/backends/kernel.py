@@ -18,8 +18,7 @@ from ..errors import (
     invalid,
     unsupported,
 )
-from ..info import BufferInfo, FenceInfo
-from .base import Backend, Range, TimelineSource
+from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource
 
 HEAP_DIR = "/dev/dma_heap"
 UDMABUF_DEV = "/dev/udmabuf"
@@ -115,15 +114,10 @@ class KernelBackend(Backend):
 
     set_name = staticmethod(_ops.dma_buf_set_name)
 
-    def buffer_info(self, fd: int, size: int) -> BufferInfo:
+    def buffer_info(self, fd: int, size: int) -> BufferFacts:
         fields = _fdinfo.read(fd)
-        return BufferInfo(
-            size=int(fields.get("size", size)),
-            exporter=fields.get("exp_name", ""),
-            name=fields.get("name"),
-            inode=int(fields.get("ino") or os.fstat(fd).st_ino),
-            count=int(fields.get("count", 0)),
-        )
+        return (int(fields.get("size", size)), fields.get("exp_name", ""), fields.get("name"),
+                int(fields.get("ino") or os.fstat(fd).st_ino), int(fields.get("count", 0)))
 
     import_sync_file = staticmethod(_ops.dma_buf_import_sync_file)
 
@@ -145,9 +139,8 @@ class KernelBackend(Backend):
     def merge(self, fd: int, other_fd: int, name: str) -> int:
         return _ops.sync_merge(fd, other_fd, name.encode())
 
-    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceInfo]]:
-        name, status, fences = _ops.sync_file_info(fd)
-        return name, status, [FenceInfo(*f) for f in fences]
+    def sync_file_info(self, fd: int) -> tuple[str, int, list[FenceFacts]]:
+        return _ops.sync_file_info(fd)
 
     set_deadline = staticmethod(_ops.sync_set_deadline)
 
