@@ -24,7 +24,10 @@ SYNC_FILE = "sync_file"
 FALLBACK_FENCE = "fallback fence"  # one end of an AF_UNIX seqpacket socketpair
 F_SEAL_SHRINK = 0x2
 
-_dma_buf_devs: dict[int, bool] = {}  # st_dev -> is the dma-buf filesystem
+# st_dev -> is the dma-buf filesystem (one superblock, so one device number), learned
+# with fstatfs the first time a device is seen. Read by hot callers as a plain dict.
+DMA_BUF_DEVS: dict[int, bool] = {}
+_dma_buf_devs = DMA_BUF_DEVS
 _fstat = os.fstat
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG

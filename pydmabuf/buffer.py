@@ -32,6 +32,7 @@ from ._fd import (
     pickled_fd,
     unpickled_fd,
 )
+from ._fdkind import DMA_BUF_DEVS
 from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
 from .dlpack import collect as _collect_dlpack
@@ -41,6 +42,9 @@ from .info import BufferInfo
 from .syncfile import SyncFile
 
 READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
+_fstat = os.fstat
+_DMA_BUF_DEVS = DMA_BUF_DEVS
+
 _new = object.__new__
 NAME_MAX = 31  # DMA_BUF_NAME_LEN minus the NUL
 _UNSUPPORTED = (524, E.EOPNOTSUPP)  # ENOTSUPP is kernel-internal: no errno name in Python
@@ -155,7 +159,14 @@ class Buffer(FdHolder):
         leaves your fd alone."""
         if type(fd) is not int or fd < 0:
             fd = as_fd(fd)
-        found, size = buffer_backend(fd)
+        try:  # the common case inline: one fstat shows a dma-buf filesystem seen before
+            st = _fstat(fd)
+        except (OSError, OverflowError):
+            st = None
+        if st is not None and not st.st_mode & 0o170000 and _DMA_BUF_DEVS.get(st.st_dev):
+            found, size = get_backend("kernel"), st.st_size
+        else:
+            found, size = buffer_backend(fd)  # everything else, and the errors
         if backend is not None and get_backend(backend) is not found:
             what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
             raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"

@@ -36,14 +36,19 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
     The memfd must be created with MFD_ALLOW_SEALING and sealed with F_SEAL_SHRINK;
     offset and size must be page-aligned.
     """
-    fd = as_fd(memfd)
-    offset = _int(offset, "offset")
+    fd = memfd if type(memfd) is int and memfd >= 0 else as_fd(memfd)
+    if type(offset) is not int or not 0 <= offset < _U63:
+        offset = _int(offset, "offset")
     if size is None:
         try:
             size = os.fstat(fd).st_size - offset
         except OSError as exc:
             raise error(exc.errno or 9, f"fstat of memfd {fd}") from None
-    return udmabuf_from_ranges([(fd, offset, size)], backend=backend)
+    if type(size) is not int or not 0 <= size < _U63:
+        size = _int(size, "size")
+    b = get_backend(backend)
+    new, start, total = b.udmabuf([(fd, offset, size)])  # one range: no list building
+    return new_buffer(new, total, b, start)
 
 
 def udmabuf_from_ranges(ranges: list[tuple[object, int, int]], *,

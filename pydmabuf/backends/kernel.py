@@ -97,7 +97,9 @@ class KernelBackend(Backend):
             return self._udmabuf_fd
 
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
-        dev = self._udmabuf_dev()
+        dev = self._udmabuf_fd
+        if dev < 0:
+            dev = self._udmabuf_dev()
         if len(ranges) == 1:
             memfd, offset, size = ranges[0]
             return _ops.udmabuf_create(dev, memfd, offset, size, 1, _UDMABUF_HINTS), 0, size  # CLOEXEC
