@@ -51,9 +51,10 @@ must() {
     "$@" || fail "failed: $*"
 }
 
-for m in $(cat /modules.order); do
-    insmod "/modules/$m.ko" || echo "pydmabuf-vm: insmod $m failed"
-done
+# One module a line, then its parameters (words without spaces or quotes).
+while read -r m args; do
+    insmod "/modules/$m.ko" $args || echo "pydmabuf-vm: insmod $m $args failed"
+done </modules.order
 mkdir -p /host
 must mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /host
 mount_shares
@@ -140,7 +141,8 @@ def base_archive(busybox: Path, module_files: tuple[Path, ...]) -> Path:
     for path in module_files:
         payload.append((modules.module_name(path.name), modules.decompress(path.read_bytes(), path.name)))
     busybox_bytes = busybox.read_bytes()
-    digest = hashlib.sha256(FORMAT.encode() + INIT.encode())
+    order = "".join(" ".join((name, *modules.parameters(name))) + "\n" for name, _ in payload)
+    digest = hashlib.sha256(FORMAT.encode() + INIT.encode() + order.encode())
     digest.update(hashlib.sha256(busybox_bytes).digest())
     for name, data in payload:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -161,7 +163,7 @@ def base_archive(busybox: Path, module_files: tuple[Path, ...]) -> Path:
     cpio.file("init", INIT.encode(), 0o755)
     for name, data in payload:
         cpio.file(f"modules/{name}.ko", data)
-    cpio.file("modules.order", "".join(f"{name}\n" for name, _ in payload).encode())
+    cpio.file("modules.order", order.encode())
     cpio.close()
 
     target.parent.mkdir(parents=True, exist_ok=True)

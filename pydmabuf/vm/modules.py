@@ -19,11 +19,26 @@ from pathlib import Path
 # DRM core it sits on) as the source of real, unsignaled fences and of PRIME
 # exports, and vivid (a virtual V4L2 camera; videodev, videobuf2 and the rest
 # come from its depends=) for VIDIOC_EXPBUF exports: dma-bufs from drivers,
-# which must work with no dma-heap or udmabuf. vivid's defaults (one instance,
-# single-planar, a video capture node among others) are what the tests use.
+# which must work with no dma-heap or udmabuf.
 REQUIRED = ("netfs", "9pnet", "9pnet_virtio", "9p")
 OPTIONAL = ("drm", "drm_kms_helper", "drm_shmem_helper", "vgem", "vivid")
 WANTED = REQUIRED + OPTIONAL
+
+# insmod arguments per module (busybox insmod passes them on as the kernel's
+# "name=value" module parameters; arrays are comma-separated). Two vivid
+# instances: the first single-planar (V4L2_BUF_TYPE_VIDEO_CAPTURE, what
+# tests/test_foreign.py streams from), the second multi-planar
+# (V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE), so examples/v4l2_capture.py is tested
+# on both APIs. Each instance keeps vivid's other defaults (its webcam input,
+# 640x360, the 75% colour bar pattern).
+PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "vivid": ("n_devs=2", "multiplanar=1,2"),
+}
+
+
+def parameters(name: str) -> tuple[str, ...]:
+    """The insmod arguments for module ``name`` (none for most)."""
+    return PARAMETERS.get(name, ())
 
 _SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
