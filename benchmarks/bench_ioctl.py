@@ -59,8 +59,8 @@ def c_baseline(n: int) -> dict[str, float]:
 
 
 def python_baselines(heap_fd: int, buf_fd: int) -> tuple[dict[str, dict[str, Callable[[int], None]]], int]:
-    from pydmabuf import _ffi
-    from pydmabuf._ffi import ffi, lib
+    from pydmabuf.uapi import ffi as _ffi
+    from pydmabuf.uapi.ffi import ffi, lib
 
     sync, alloc_nr, export_nr = _ffi.DMA_BUF_IOCTL_SYNC, _ffi.DMA_HEAP_IOCTL_ALLOC, _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
     start, end = struct.pack("Q", 3), struct.pack("Q", 7)

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 
 import pydmabuf
-from pydmabuf import _fdkind
 from pydmabuf.backends import get_backend
 from pydmabuf.buffer import new_buffer
+from pydmabuf.uapi import fdkind as _fdkind
 
 FIONREAD = termios.FIONREAD
 

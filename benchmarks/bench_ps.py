@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pydmabuf
-from pydmabuf import accounting
+from pydmabuf.tools import accounting
 
 
 def _hold(count: int, stop_r: int, ready_w: int) -> None:

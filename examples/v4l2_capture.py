@@ -26,7 +26,7 @@ frame. Without a V4L2 capture device it says so and exits 0.
 
 The V4L2 structs and VIDIOC_* numbers are pydmabuf's own declarations
 (``cdefs/videodev2.h``, checked against the kernel header by tests/test_abi.py),
-reached through the private ``pydmabuf._ffi``: the example shows the dma-buf side,
+reached through the private ``pydmabuf.uapi.ffi``: the example shows the dma-buf side,
 not a V4L2 binding.
 """
 
@@ -47,12 +47,12 @@ import zlib
 from dataclasses import dataclass
 
 import pydmabuf
-from pydmabuf import _ffi
-from pydmabuf._ffi import ffi, lib  # the V4L2 declarations pydmabuf checks against videodev2.h
 from pydmabuf.allocator import Allocator
 from pydmabuf.channel import Consumer, Producer
 from pydmabuf.formats import Format
 from pydmabuf.frame import Frame, Plane, allocate_frame
+from pydmabuf.uapi import ffi as _ffi
+from pydmabuf.uapi.ffi import ffi, lib  # the V4L2 declarations pydmabuf checks against videodev2.h
 
 CAPTURE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE
 CAPTURE_MPLANE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE

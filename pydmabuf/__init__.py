@@ -8,6 +8,7 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 from __future__ import annotations
 
 from . import channel, formats, interop
+from ._version import __version__ as __version__
 from .allocator import Allocator
 from .backends import get_backend
 from .buffer import Buffer, CpuAccess, Mapping
@@ -34,11 +35,9 @@ from .timeline import Timeline
 from .udmabuf import udmabuf, udmabuf_from_memfd, udmabuf_from_ranges
 from .waiting import FenceSet, wait_all, wait_any
 
-__version__ = "0.1.0"
-
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "backend", "cuda", "dlpack"])
+    return sorted([*globals(), "accounting", "backend", "cuda", "dlpack"])
 
 __all__ = [
     "LINEAR",
@@ -112,4 +111,8 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
+    if name == "accounting":  # a tool (psutil, /proc scans): loaded when asked for
+        from .tools import accounting
+
+        return accounting
     raise AttributeError(f"module 'pydmabuf' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from .errors import closed, invalid
+from .uapi.ops import dup_cloexec
 
 _Self = TypeVar("_Self", bound="FdHolder")
 
@@ -165,9 +166,8 @@ def _run_close_hooks(holder: FdHolder) -> None:
         hook()
 
 
-# A new fd for the same open file, close-on-exec like every fd we create: os.dup makes
-# non-inheritable fds (F_DUPFD_CLOEXEC), and is cheaper than fcntl.fcntl with it.
-dup_cloexec = os.dup
+__all__ = ["FdHolder", "add_close_hook", "as_fd", "dup_cloexec", "pickled_fd", "remove_close_hook",
+           "unpickled_fd"]
 
 
 FD_MAX = 2**31 - 1

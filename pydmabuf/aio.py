@@ -14,9 +14,9 @@ import os
 import select
 import threading
 
-from . import _wait
 from ._fd import FdHolder, add_close_hook, remove_close_hook
 from .errors import ClosedError, timed_out
+from .uapi import wait as _wait
 
 
 def _closed_while_waiting(what: str) -> ClosedError:

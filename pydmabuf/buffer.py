@@ -32,14 +32,14 @@ from ._fd import (
     pickled_fd,
     unpickled_fd,
 )
-from ._fdkind import DMA_BUF_DEVS
-from ._wait import deadline
 from .backends import Backend, buffer_backend, get_backend
 from .dlpack import collect as _collect_dlpack
 from .dlpack import dlpack, dlpack_device
 from .errors import READONLY_MAP_HINT, Error, check_name, closed, error, invalid, unmappable_hint
 from .info import BufferInfo
 from .syncfile import SyncFile
+from .uapi.fdkind import DMA_BUF_DEVS
+from .uapi.wait import deadline
 
 READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
 _fstat = os.fstat
@@ -184,7 +184,7 @@ class Buffer(FdHolder):
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> Buffer:
         """Take process ``pid``'s buffer fd ``fd`` (pidfd_getfd, Linux 5.6+). Needs ptrace
         access to ``pid``; PermissionError says what is missing."""
-        from ._pidfd import wrap_taken
+        from .uapi.pidfd import wrap_taken
 
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 

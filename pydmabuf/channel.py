@@ -41,8 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import _memfd, share
-from ._wait import deadline, expired, remaining_ms
+from . import share
 from .allocator import Allocator
 from .buffer import Buffer, Mapping
 from .credentials import check_peer, id_set, peer_credentials
@@ -51,6 +50,8 @@ from .formats import Format
 from .frame import Frame, allocate_frame
 from .heap import Heap
 from .syncfile import SyncFile
+from .uapi import memfd as _memfd
+from .uapi.wait import deadline, expired, remaining_ms
 
 Item = Buffer | Frame  # what a producer serves: buffers, or frames (1-4 buffers each)
 _ITEMS = (Buffer, Frame)

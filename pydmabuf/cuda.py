@@ -27,12 +27,12 @@ import os
 import threading
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._memfd import PAGE_SIZE
 from .buffer import Buffer
 from .errors import Error, UnsupportedError, invalid
+from .uapi.memfd import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from ._cuda_driver import Driver
+    from .uapi.cuda_driver import Driver
 
 __all__ = ["Region", "available", "check", "device_pointer", "export", "export_region"]
 
@@ -55,7 +55,7 @@ def _driver() -> Driver:
     global _loaded
     with _lock:
         if _loaded is None:
-            from ._cuda_driver import load
+            from .uapi.cuda_driver import load
 
             try:
                 _loaded = load()
@@ -79,7 +79,7 @@ def check(device: int = 0) -> None:
     (no driver, no such GPU, or DMA_BUF_SUPPORTED is 0); return if it can."""
     ordinal = _ordinal(device)
     driver = _driver()
-    from ._cuda_driver import CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED
+    from .uapi.cuda_driver import CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED
 
     try:
         dev = driver.device(ordinal)
@@ -179,7 +179,7 @@ def export_region(obj: object, size: int | None = None) -> Region:
     dma-buf: Region(buffer, offset of the object inside it, the object's bytes)."""
     ptr, nbytes = device_pointer(obj, size)
     driver = _driver()
-    from ._cuda_driver import (
+    from .uapi.cuda_driver import (
         CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED,
         CU_MEMORYTYPE_DEVICE,
         CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,

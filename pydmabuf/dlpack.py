@@ -53,7 +53,7 @@ def dlpack(mapping: mmap.mmap, *, stream: object = None, max_version: tuple[int,
         raise TypeError(f"copy must be True, False or None, got {type(copy).__name__}")
     if mapping.closed:
         raise closed("Mapping")
-    from . import _dlpack_abi
+    from .uapi import dlpack_abi as _dlpack_abi
 
     source = bytearray(mapping) if copy else mapping
     return _dlpack_abi.export(source, versioned, bool(copy))
@@ -64,7 +64,7 @@ def collect() -> int:
     garbage collection (``Mapping.close`` does this); returns how many exports went."""
     import sys
 
-    abi = sys.modules.get(f"{__package__}._dlpack_abi")
+    abi = sys.modules.get(f"{__package__}.uapi.dlpack_abi")
     return 0 if abi is None else int(abi.collect())
 
 
@@ -73,7 +73,7 @@ def pending() -> int:
     ``collect()``)."""
     import sys
 
-    abi = sys.modules.get(f"{__package__}._dlpack_abi")
+    abi = sys.modules.get(f"{__package__}.uapi.dlpack_abi")
     return 0 if abi is None else len(abi.live)
 
 

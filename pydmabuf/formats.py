@@ -1,7 +1,7 @@
 """DRM pixel formats (fourcc codes) and format modifiers.
 
 ``Format`` is one fourcc of the kernel's ``drm_fourcc.h`` with the plane layout of the
-kernel's ``drm_format_info`` table (generated into :mod:`pydmabuf._drm_formats` by
+kernel's ``drm_format_info`` table (generated into :mod:`pydmabuf.uapi.drm_formats` by
 ``tools/gen_drm_formats.py``; ``KERNEL_VERSION`` says from which kernel). There is one
 object per code: ``Format(0x3231564E) is Format.from_name("NV12")``.
 
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
-from . import _drm_formats as _table
 from .errors import invalid
+from .uapi import drm_formats as _table
 
 KERNEL_VERSION = _table.KERNEL_VERSION
 _U64 = (1 << 64) - 1

@@ -18,10 +18,10 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from . import interop
-from ._wait import deadline
 from .buffer import Buffer, Mapping
 from .errors import ClosedError, closed, invalid
 from .formats import LINEAR, MOD_INVALID, Format, PlaneFormat, as_format, check_modifier, describe_modifier
+from .uapi.wait import deadline
 
 MAX_PLANES = 4
 #: Row pitch alignment of allocate_frame, in bytes. 256 satisfies the strictest common

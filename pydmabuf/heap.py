@@ -6,10 +6,10 @@ import errno as E
 import os
 
 from ._fd import FdHolder, hold_append, hold_remove
-from ._memfd import PAGE_SIZE
 from .backends import Backend, get_backend
 from .buffer import Buffer, new_buffer
 from .errors import NotFoundError, PermissionDeniedError, check_name, closed, error, invalid
+from .uapi.memfd import PAGE_SIZE
 
 # Names that stand for whichever node a kernel gives one kind of heap, in the order
 # tried. The CMA heap's node: its fixed name since Linux 6.17 first (the legacy node

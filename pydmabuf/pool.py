@@ -19,11 +19,11 @@ import threading
 from collections.abc import Iterable
 from types import TracebackType
 
-from ._wait import deadline, expired, remaining_s
 from .allocator import Allocator
 from .buffer import Buffer, encode_name
 from .errors import check_name, closed, invalid, timed_out
 from .heap import check_size
+from .uapi.wait import deadline, expired, remaining_s
 
 
 class Lease:

@@ -36,13 +36,13 @@ import struct
 import sys
 import time
 
-from . import _wait
 from ._fd import hold_append, hold_remove
 from .backends import buffer_backend, fence_backend
 from .buffer import NAME_MAX, Buffer, new_buffer
 from .errors import Error, closed, error, invalid, timed_out
 from .frame import Frame, Plane
 from .syncfile import SyncFile, new_sync_file
+from .uapi import wait as _wait
 
 Shareable = Buffer | SyncFile | Frame
 

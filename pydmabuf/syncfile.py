@@ -6,11 +6,11 @@ import os
 import select
 from collections.abc import Callable, Iterable
 
-from . import _wait
 from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, pickled_fd, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
 from .info import FenceInfo, SyncFileInfo
+from .uapi import wait as _wait
 
 _new = object.__new__
 _ready = _wait.ready
@@ -63,7 +63,7 @@ class SyncFile(FdHolder):
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> SyncFile:
         """Take process ``pid``'s sync-file fd ``fd`` (pidfd_getfd, Linux 5.6+). Needs
         ptrace access to ``pid``; PermissionError says what is missing."""
-        from ._pidfd import wrap_taken
+        from .uapi.pidfd import wrap_taken
 
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from . import _memfd
 from ._fd import as_fd
 from .backends import Backend, get_backend
 from .buffer import Buffer, encode_name, new_buffer
 from .errors import error, invalid
 from .heap import check_size
+from .uapi import memfd as _memfd
 
 _U63 = 2**63  # offsets and sizes must fit the kernel's u64 fields as non-negative off_t
 

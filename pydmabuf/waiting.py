@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
-from . import _wait
 from ._fd import FdHolder
 from .buffer import Buffer
 from .errors import closed, error, invalid, timed_out
 from .syncfile import SyncFile
+from .uapi import wait as _wait
 
 Waitable = SyncFile | Buffer
 _BAD = select.EPOLLERR | select.EPOLLHUP

@@ -24,7 +24,7 @@ import socket
 import sys
 
 import pydmabuf
-from pydmabuf import accounting, cli, cli_ps, features  # noqa: F401 - now: unreadable after the drop
+from pydmabuf.tools import accounting, cli, features  # noqa: F401 - now: unreadable after the drop
 
 PAGE = mmap.PAGESIZE
 NOBODY = 65534

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pydmabuf import _ffi
-from pydmabuf._ffi import ffi
+from pydmabuf.uapi import ffi as _ffi
+from pydmabuf.uapi.ffi import ffi
 
 # header -> (structs, ioctl macros) it must define
 HEADERS: dict[str, tuple[list[str], list[str]]] = {

@@ -1,4 +1,4 @@
-"""pydmabuf.accounting: snapshot() of who holds which buffer, and leaks()."""
+"""pydmabuf.tools.accounting: snapshot() of who holds which buffer, and leaks()."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from conftest import BACKEND
 
 import pydmabuf
-from pydmabuf import accounting
-from pydmabuf.accounting import BufferUsage, Holder, Snapshot
+from pydmabuf.tools import accounting
+from pydmabuf.tools.accounting import BufferUsage, Holder, Snapshot
 
 PAGE = mmap.PAGESIZE
 CHILD = str(Path(__file__).with_name("accounting_child.py"))

@@ -17,7 +17,7 @@ import pytest
 from conftest import BACKEND
 
 import pydmabuf
-from pydmabuf.cli_ps import human, printable
+from pydmabuf.tools.ps import human, printable
 
 PAGE = mmap.PAGESIZE
 CHILD = str(Path(__file__).with_name("accounting_child.py"))

@@ -19,8 +19,9 @@ import pytest
 from _procs import fork, join
 
 import pydmabuf
-from pydmabuf import _cuda_driver, cuda
-from pydmabuf._memfd import F_SEAL_GROW, F_SEAL_SHRINK, sealed_memfd
+from pydmabuf import cuda
+from pydmabuf.uapi import cuda_driver as _cuda_driver
+from pydmabuf.uapi.memfd import F_SEAL_GROW, F_SEAL_SHRINK, sealed_memfd
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB2 = 2 << 20
@@ -129,7 +130,7 @@ def test_bad_devices(device: Any) -> None:
 
 def test_importing_loads_nothing() -> None:
     code = ("import sys, pydmabuf.cuda; "
-            "assert 'pydmabuf._cuda_driver' not in sys.modules, 'the driver module was imported'")
+            "assert 'pydmabuf.uapi.cuda_driver' not in sys.modules, 'the driver module was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

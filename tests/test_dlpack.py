@@ -69,7 +69,7 @@ def test_read_only_mapping_gives_a_read_only_array(buf: pydmabuf.Buffer) -> None
 
 
 def _managed(capsule: object, name: bytes) -> Any:
-    from pydmabuf import _dlpack_abi as abi
+    from pydmabuf.uapi import dlpack_abi as abi
 
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.argtypes, get.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_void_p

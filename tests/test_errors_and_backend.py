@@ -101,7 +101,7 @@ def test_enotsupp_and_enotty_are_typed_with_hints() -> None:
     assert isinstance(exc, pydmabuf.UnsupportedError) and exc.errno == 524
     assert "ENOTSUPP" in str(exc) and "CUDA" in str(exc)
     assert isinstance(errors.error(errno.EOPNOTSUPP, "mmap"), pydmabuf.UnsupportedError)
-    from pydmabuf import _ops
+    from pydmabuf.uapi import ops as _ops
 
     exc = _ops.fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", code=errno.ENOTTY)
     assert isinstance(exc, pydmabuf.UnsupportedError) and "Linux 6.0" in str(exc)

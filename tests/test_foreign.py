@@ -33,8 +33,9 @@ import pytest
 from _procs import fork, join
 
 import pydmabuf
-from pydmabuf import _ops, accounting
 from pydmabuf.backends.kernel_timelines import find_vgem_card
+from pydmabuf.tools import accounting
+from pydmabuf.uapi import ops as _ops
 
 ALLOCATOR_NODES = ("/dev/dma_heap", "/dev/udmabuf")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -1,7 +1,7 @@
 """The generated format table and the interop constants against the C headers installed
 on this machine, through a C compiler (as tests/test_abi.py does for the ioctls).
 
-Every fourcc, named modifier and vendor of pydmabuf/_drm_formats.py must equal the
+Every fourcc, named modifier and vendor of pydmabuf/uapi/drm_formats.py must equal the
 installed drm_fourcc.h's value. The table comes from a newer kernel than most installed
 libdrm copies, so names the installed header lacks are guarded with #ifdef, counted, and
 reported by a skip; every name the installed header has must be in the table.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pydmabuf import _drm_formats, interop
+from pydmabuf import interop
+from pydmabuf.uapi import drm_formats as _drm_formats
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER_DIRS = [d for d in ("/usr/include/libdrm", "/usr/include/drm") if Path(d, "drm_fourcc.h").is_file()]

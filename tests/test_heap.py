@@ -7,7 +7,7 @@ import pytest
 from conftest import BACKEND, kernel_only, open_fds
 
 import pydmabuf
-from pydmabuf import _ops
+from pydmabuf.uapi import ops as _ops
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

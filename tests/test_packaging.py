@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from pydmabuf._ffi import CDEF_FILES
+from pydmabuf.uapi.ffi import CDEF_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,8 @@ from _procs import fork, join
 from conftest import needs_timeline, open_fds
 
 import pydmabuf
-from pydmabuf import _ops, share
+from pydmabuf import share
+from pydmabuf.uapi import ops as _ops
 
 SIZE = 64 << 10
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import BACKEND, open_fds
 
 import pydmabuf
-from pydmabuf import _memfd
+from pydmabuf.uapi import memfd as _memfd
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate pydmabuf/_drm_formats.py from a Linux kernel source tree.
+"""Generate pydmabuf/uapi/drm_formats.py from a Linux kernel source tree.
 
     python tools/gen_drm_formats.py /path/to/linux [--label TEXT] [-o FILE] [--check]
 
@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 HEADER = "include/uapi/drm/drm_fourcc.h"
 INFO_C = "drivers/gpu/drm/drm_fourcc.c"
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "pydmabuf" / "_drm_formats.py"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "pydmabuf" / "uapi" / "drm_formats.py"
 
 # Flag bits stored per format (mirrored as constants in the generated module).
 IS_YUV, HAS_ALPHA, COLOR_INDEXED, FROM_HEADER = 1, 2, 4, 8

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .._fdkind import DMA_BUF, FALLBACK_FENCE, MEMFD, SYNC_FILE, buffer_kind, fence_kind
 from ..errors import invalid, unsupported
+from ..uapi.fdkind import DMA_BUF, FALLBACK_FENCE, MEMFD, SYNC_FILE, buffer_kind, fence_kind
 from .base import Backend, TimelineSource
 
 __all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "default_name", "fence_backend",

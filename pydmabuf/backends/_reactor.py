@@ -16,7 +16,7 @@ import select
 import threading
 from collections.abc import Callable
 
-from .._fd import dup_cloexec
+from ..uapi.ops import dup_cloexec
 from . import fallback_fences as fences
 
 

@@ -16,9 +16,10 @@ import select
 import threading
 from collections.abc import Callable
 
-from .. import _memfd, _wait
-from .._fd import dup_cloexec
 from ..errors import closed, error, invalid, timed_out, unsupported
+from ..uapi import memfd as _memfd
+from ..uapi import wait as _wait
+from ..uapi.ops import dup_cloexec
 from . import fallback_fences as fences
 from ._reactor import reactor
 from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource

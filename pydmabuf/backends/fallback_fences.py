@@ -19,8 +19,8 @@ import socket
 import struct
 import time
 
-from .._fdkind import is_fallback_fence
-from .._ffi import ffi, lib
+from ..uapi.fdkind import is_fallback_fence
+from ..uapi.ffi import ffi, lib
 
 _PAIR = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _STAMP = struct.Struct("=Q")

@@ -8,7 +8,6 @@ import select
 import threading
 from collections.abc import Callable
 
-from .. import _fdinfo, _ops, _wait
 from ..errors import (
     CMA_HINT,
     HEAP_PERMISSION_HINT,
@@ -18,6 +17,9 @@ from ..errors import (
     invalid,
     unsupported,
 )
+from ..uapi import fdinfo as _fdinfo
+from ..uapi import ops as _ops
+from ..uapi import wait as _wait
 from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource
 
 HEAP_DIR = "/dev/dma_heap"

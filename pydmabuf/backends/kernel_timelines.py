@@ -7,9 +7,9 @@ import glob
 import os
 import threading
 
-from .. import _ops
-from .._ffi import lib
 from ..errors import closed, unsupported
+from ..uapi import ops as _ops
+from ..uapi.ffi import lib
 from .base import TimelineSource
 
 SW_SYNC = "/sys/kernel/debug/sync/sw_sync"

@@ -28,8 +28,9 @@ CDEF_FILES = (
 def cdefs_dir() -> Path:
     """Where the declarations are: inside the package when installed from a wheel,
     at the repository root in a source checkout or editable install."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "cdefs", here.parent / "cdefs"):
+    package = Path(__file__).resolve().parent.parent  # this file is pydmabuf/uapi/ffi.py
+    here = package
+    for candidate in (package / "cdefs", package.parent / "cdefs"):
         if (candidate / "dma-buf.h").is_file():
             return candidate
     raise ImportError(f"pydmabuf: C declarations (cdefs/) not found next to {here}")

@@ -7,8 +7,8 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import _ops
-from .errors import Error, PermissionDeniedError, error, invalid
+from ..errors import Error, PermissionDeniedError, error, invalid
+from . import ops as _ops
 
 PTRACE_HINT = (
     "pidfd_getfd needs ptrace access to the target (PTRACE_MODE_ATTACH_REALCREDS): the "

@@ -17,7 +17,7 @@ import math
 import select
 import time
 
-from .errors import error, invalid, timed_out
+from ..errors import error, invalid, timed_out
 
 POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT

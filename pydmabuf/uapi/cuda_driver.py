@@ -13,7 +13,7 @@ import ctypes
 import errno as E
 from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_uint, c_uint64, c_ulonglong, c_void_p
 
-from .errors import Error, InvalidArgumentError, OutOfMemoryError, PermissionDeniedError, UnsupportedError
+from ..errors import Error, InvalidArgumentError, OutOfMemoryError, PermissionDeniedError, UnsupportedError
 
 LIBRARY = "libcuda.so.1"
 CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 124

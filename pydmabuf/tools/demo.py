@@ -19,12 +19,12 @@ import sys
 import time
 import zlib
 
-from . import channel
-from .allocator import Allocator
-from .backends import get_backend
-from .buffer import Buffer
-from .errors import UnsupportedError
-from .timeline import Timeline
+from .. import channel
+from ..allocator import Allocator
+from ..backends import get_backend
+from ..buffer import Buffer
+from ..errors import UnsupportedError
+from ..timeline import Timeline
 
 _CRC = struct.Struct("<I")
 

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import __version__, demo
-from .cli_ps import ps, ps_args, top, top_args
+from .._version import __version__
+from . import demo
+from .ps import ps, ps_args, top, top_args
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,18 @@ import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from . import _memfd, _ops
-from .backends.base import TimelineSource
-from .backends.kernel import HEAP_DIR, UDMABUF_DEV
-from .backends.kernel_timelines import (
+from ..backends.base import TimelineSource
+from ..backends.kernel import HEAP_DIR, UDMABUF_DEV
+from ..backends.kernel_timelines import (
     DRM_EXPORT_FLAGS,
     SW_SYNC,
     SwSyncTimeline,
     VgemTimeline,
     find_vgem_card,
 )
-from .errors import HEAP_PERMISSION_HINT, UDMABUF_PERMISSION_HINT
+from ..errors import HEAP_PERMISSION_HINT, UDMABUF_PERMISSION_HINT
+from ..uapi import memfd as _memfd
+from ..uapi import ops as _ops
 
 UDMABUF_PARAMS = "/sys/module/udmabuf/parameters"
 DEBUGFS_HINT = "mount debugfs (mount -t debugfs none /sys/kernel/debug); it is root-only"

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from . import _fdinfo
-from ._fd import FdHolder
+from .._fd import FdHolder
+from ..uapi import fdinfo as _fdinfo
 
 FALLBACK_EXPORTER = "pydmabuf-fallback"  # == backends.fallback.EXPORTER, without importing cffi
 NAME_XATTR = "user.pydmabuf.name"

@@ -15,8 +15,8 @@ import os
 import socket
 import stat
 
-from . import _ops
-from .errors import error, invalid
+from ..errors import error, invalid
+from . import ops as _ops
 
 DMA_BUF = "dma-buf"
 MEMFD = "memfd"

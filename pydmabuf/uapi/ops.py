@@ -16,9 +16,9 @@ import os
 import struct
 from collections.abc import Callable
 
-from . import _ffi
-from ._ffi import ffi, lib
-from .errors import ENOTTY_HINTS, error
+from ..errors import ENOTTY_HINTS, error
+from . import ffi as _ffi
+from .ffi import ffi, lib
 
 Hints = dict[int, str]
 _ioctl = lib.ioctl
@@ -266,6 +266,11 @@ def vgem_fence_attach(fd: int, handle: int, flags: int) -> int:
 def vgem_fence_signal(fd: int, fence_id: int) -> None:
     arg = ffi.new("struct drm_vgem_fence_signal *", {"fence": fence_id})
     ioctl(fd, _ffi.DRM_IOCTL_VGEM_FENCE_SIGNAL, arg, "DRM_IOCTL_VGEM_FENCE_SIGNAL")
+
+
+# A new fd for the same open file, close-on-exec like every fd we create: os.dup makes
+# non-inheritable fds (F_DUPFD_CLOEXEC), and is cheaper than fcntl.fcntl with it.
+dup_cloexec = os.dup
 
 
 # --- generic fd facts ----------------------------------------------------------------
