@@ -49,12 +49,37 @@ from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_
 from .formats import Format
 from .frame import Frame, allocate_frame
 from .heap import Heap
+from .pool import BufferPool
 from .syncfile import SyncFile
 from .uapi import memfd as _memfd
 from .uapi.wait import deadline, expired, remaining_ms
 
 Item = Buffer | Frame  # what a producer serves: buffers, or frames (1-4 buffers each)
 _ITEMS = (Buffer, Frame)
+
+
+class _FramePool:
+    """A producer's frames lent the way a BufferPool lends buffers (``take``,
+    ``release``, ``free``): BufferPool deals in Buffers, a frame is several."""
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self._free = collections.deque(frames)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def take(self, timeout: float | None = None) -> Frame:
+        return self._free.popleft()
+
+    def release(self, frame: Frame) -> None:
+        self._free.append(frame)
+
+    def close(self) -> None:
+        for frame in self._free:
+            frame.close()
+        self._free.clear()
+
 
 __all__ = ["SLOW_CONSUMER_POLICIES", "Consumer", "Delivery", "Event", "Producer"]
 
@@ -251,7 +276,7 @@ class Producer:
         self._frames: dict[int, list[int]] = {}  # seq -> [buffer index, holders left]
         self._index: dict[int, int] = {}  # id(buffer) -> pool index
         self._acquired = bytearray()  # per pool index: 1 from acquire() until submit()
-        self._free: collections.deque[int] = collections.deque()
+        self._pool: BufferPool | _FramePool | None = None  # what is free to acquire
         self._seq = 0
         self._next_peer = 0
         self._poll = select.poll()
@@ -283,7 +308,10 @@ class Producer:
                 shared, mapping = _shareable_item(b)
                 self._shared.append(shared)
                 self._maps.append(mapping)
-            self._free.extend(range(len(self._buffers)))
+            # The items free to acquire: a BufferPool owning the buffers (so a buffer a
+            # caller closed by mistake is replaced), or the frames.
+            self._pool = (_FramePool(list(made)) if frames is not None or frame_layout is not None
+                          else BufferPool.adopt(self._buffers))  # type: ignore[arg-type]
             self._listener = self._listen(path)
             if not _is_abstract(path):
                 st = os.stat(path)
@@ -429,7 +457,7 @@ class Producer:
     @property
     def free(self) -> int:
         """Buffers not held by any consumer."""
-        return len(self._free)
+        return self._pool.free if self._pool is not None else 0
 
     def mapping(self, buffer: Buffer) -> Mapping:
         """A writable mapping of one of the pool's buffers, made once and kept (a frame
@@ -537,7 +565,7 @@ class Producer:
         entry[1] -= 1
         if entry[1] == 0:
             del self._frames[seq]
-            self._free.append(entry[0])
+            self._pool.release(self._buffers[entry[0]])  # type: ignore[union-attr, arg-type]
 
     def _drop(self, peer: _Peer, *, clean: bool, reason: str = "", kind: str = "disconnected") -> None:
         del self._peers[peer.fd]
@@ -583,22 +611,23 @@ class Producer:
     def acquire(self, timeout: float | None = None) -> Item:
         """A buffer (or frame) no consumer holds, to fill and ``submit``. Waits for releases
         (TimeoutError after ``timeout`` seconds; None waits forever)."""
-        free = self._free
+        pool = self._pool
+        if pool is None:
+            raise closed("Producer")
         # Connections serviced moments ago: releases and newcomers can wait, as in a
         # hand-written loop.
-        if not free or time.monotonic() >= self._next_service:
-            self._wait_free(timeout)
+        if not pool.free or time.monotonic() >= self._next_service:
+            self._wait_free(pool, timeout)
         elif timeout is not None and not (type(timeout) in _NUMBER_TYPES and timeout >= 0):
             deadline(timeout, "acquire")  # raises: the same check as when waiting
-        i = free.popleft()
-        self._acquired[i] = 1
-        return self._buffers[i]
+        item = pool.take(0)  # one is free: no wait (releases arrive through _service)
+        self._acquired[self._index[id(item)]] = 1
+        return item
 
-    def _wait_free(self, timeout: float | None) -> None:
+    def _wait_free(self, pool: BufferPool | _FramePool, timeout: float | None) -> None:
         until = deadline(timeout, "acquire")
         self._service(0)
-        free = self._free
-        while not free:
+        while not pool.free:
             if expired(until):
                 raise timed_out(f"acquire: all {len(self._buffers)} buffers are held by consumers")
             self._service(remaining_ms(until))
@@ -657,7 +686,7 @@ class Producer:
             if sent:
                 self._frames[seq] = [i, sent]
             else:
-                self._free.append(i)
+                self._pool.release(buffer)  # type: ignore[union-attr, arg-type]
         return sent
 
     # --- lifetime ----------------------------------------------------------------
@@ -690,7 +719,9 @@ class Producer:
             b.close()
         self._buffers = []
         self._index = {}
-        self._free.clear()
+        if self._pool is not None:
+            self._pool.close()  # closes the idle items; the loop above closed every buffer
+            self._pool = None
         self._frames.clear()
 
     def __enter__(self) -> Producer:
