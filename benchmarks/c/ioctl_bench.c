@@ -50,5 +50,31 @@ int main(int argc, char **argv) {
         close(e.fd);
     }
     printf("export_sync_file %.1f\n", (now_ns() - t0) / n);
+    struct dma_buf_export_sync_file e = { DMA_BUF_SYNC_RW, -1 };
+    if (ioctl(buf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &e) < 0) { perror("export"); return 1; }
+    struct pollfd p = { e.fd, POLLIN, 0 };
+    t0 = now_ns();
+    for (long i = 0; i < n; i++) poll(&p, 1, 0);
+    printf("signaled %.1f\n", (now_ns() - t0) / n);
+    t0 = now_ns();
+    for (long i = 0; i < n; i++) {
+        struct stat st;
+        int d = fcntl(buf, F_DUPFD_CLOEXEC, 0);
+        fstat(d, &st);
+        close(d);
+    }
+    printf("from_fd %.1f\n", (now_ns() - t0) / n);
+    int memfd = memfd_create("bench", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int dev = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+    if (memfd >= 0 && dev >= 0 && ftruncate(memfd, 4096) == 0 && fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK) == 0) {
+        struct udmabuf_create c = { (unsigned)memfd, UDMABUF_FLAGS_CLOEXEC, 0, 4096 };
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            int fd = ioctl(dev, UDMABUF_CREATE, &c);
+            if (fd < 0) { perror("udmabuf"); return 1; }
+            close(fd);
+        }
+        printf("udmabuf_from_memfd %.1f\n", (now_ns() - t0) / n);
+    }
     return 0;
 }
