@@ -64,10 +64,6 @@ class Backend(ABC):
         """(fd, offset of the buffer inside fd, size) sharing the memfds' pages."""
 
     @abstractmethod
-    def check_buffer(self, fd: int) -> tuple[int, int]:
-        """(size, offset) of an fd claimed to be a buffer; InvalidArgumentError if not."""
-
-    @abstractmethod
     def buffer_name(self, fd: int) -> str | None: ...
 
     @abstractmethod
@@ -111,9 +107,6 @@ class Backend(ABC):
         A new fd is the caller's to close."""
 
     # --- sync files ----------------------------------------------------------------
-    @abstractmethod
-    def check_sync_file(self, fd: int) -> None: ...
-
     @abstractmethod
     def merge(self, fd: int, other_fd: int, name: str) -> int: ...
 

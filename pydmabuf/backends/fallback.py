@@ -16,7 +16,7 @@ import select
 import threading
 from collections.abc import Callable
 
-from ..errors import closed, error, invalid, timed_out, unsupported
+from ..errors import closed, error, timed_out, unsupported
 from ..uapi import memfd as _memfd
 from ..uapi import wait as _wait
 from ..uapi.ops import dup_cloexec
@@ -179,15 +179,6 @@ class FallbackBackend(Backend):
             raise error(E.EINVAL, "UDMABUF_CREATE", "offset and size must be page-aligned, size > 0")
         if offset + size > st.st_size:
             raise error(E.EINVAL, "UDMABUF_CREATE", "range extends past the end of the memfd")
-
-    def check_buffer(self, fd: int) -> tuple[int, int]:
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            raise error(E.EBADF, f"fd {fd}") from None
-        if not link.startswith("/memfd:"):
-            raise invalid(f"fd {fd} is not a fallback buffer (a memfd): {link}")
-        return os.fstat(fd).st_size, 0
 
     def _key(self, fd: int) -> tuple[int, int]:
         st = os.fstat(fd)
@@ -370,10 +361,6 @@ class FallbackBackend(Backend):
         return self.export_sync_file(fd, _WRITE if write else _READ), select.POLLIN, True
 
     # sync files ------------------------------------------------------------------
-    def check_sync_file(self, fd: int) -> None:
-        if not fences.is_fence(fd):
-            raise invalid(f"fd {fd} is not a fallback sync file (an AF_UNIX seqpacket socket)")
-
     def merge(self, fd: int, other_fd: int, name: str) -> int:
         if not fences.is_fence(other_fd):
             raise error(E.ENOENT, "SYNC_IOC_MERGE", "the other fd is not a sync file")

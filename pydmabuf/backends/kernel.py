@@ -14,7 +14,6 @@ from ..errors import (
     UDMABUF_EINVAL_HINT,
     UDMABUF_PERMISSION_HINT,
     error,
-    invalid,
     unsupported,
 )
 from ..uapi import fdinfo as _fdinfo
@@ -108,11 +107,6 @@ class KernelBackend(Backend):
         fd = _ops.udmabuf_create_list(dev, ranges, 1, _UDMABUF_HINTS)
         return fd, 0, sum(size for _memfd, _offset, size in ranges)
 
-    def check_buffer(self, fd: int) -> tuple[int, int]:
-        if _ops.fs_magic(fd) != _ops.DMA_BUF_MAGIC:
-            raise invalid(f"fd {fd} is not a dma-buf")
-        return _ops.buffer_size(fd), 0
-
     def buffer_name(self, fd: int) -> str | None:
         return _fdinfo.read(fd).get("name")
 
@@ -131,14 +125,6 @@ class KernelBackend(Backend):
     def implicit_fence(self, fd: int, write: bool) -> tuple[int, int, bool]:
         # POLLIN: writers done. POLLOUT: everyone done.
         return fd, select.POLLOUT if write else select.POLLIN, False
-
-    def check_sync_file(self, fd: int) -> None:
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            raise error(E.EBADF, f"fd {fd}") from None
-        if link != "anon_inode:sync_file":
-            raise invalid(f"fd {fd} is not a sync_file ({link})")
 
     def merge(self, fd: int, other_fd: int, name: str) -> int:
         return _ops.sync_merge(fd, other_fd, name.encode())

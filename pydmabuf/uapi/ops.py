@@ -287,16 +287,6 @@ def fs_magic(fd: int) -> int:
     return buf[0] & 0xFFFFFFFF  # type: ignore[no-any-return]
 
 
-def buffer_size(fd: int) -> int:
-    """A dma-buf's size: lseek(SEEK_END) works on every kernel since 3.12."""
-    try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        os.lseek(fd, 0, os.SEEK_SET)
-    except OSError as exc:
-        raise error(exc.errno or E.EINVAL, "lseek on dma-buf") from None
-    return size
-
-
 SYS_PIDFD_GETFD = 438  # same number on x86_64 and aarch64 (asm-generic)
 
 
