@@ -13,9 +13,10 @@ from .syncfile import SyncFile, new_sync_file
 class Timeline:
     """``fence(point)`` is unsignaled until ``signal(point)`` (or a later point).
 
-    Fallback backend: eventfds. Kernel backend: sw_sync where debugfs has it,
-    otherwise vgem (real DRM fences; vgem signals them itself after ~10 s, so signal
-    well before). ``kind`` says which. Closing signals every pending fence.
+    Fallback backend: socketpair ends (a dead owner signals them with -ENOENT). Kernel
+    backend: sw_sync where debugfs has it, otherwise vgem (real DRM fences; vgem signals
+    them itself after ~10 s, so signal well before). ``kind`` says which. Closing
+    signals every pending fence.
     """
 
     __slots__ = ("_source", "_backend", "_value")

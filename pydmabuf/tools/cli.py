@@ -57,7 +57,7 @@ def _info(args: argparse.Namespace) -> int:
         if feature.fix:
             print(f"          fix: {feature.fix}")
     if report.backend == "fallback":
-        print("note:     no usable dma-buf devices; the fallback backend (memfd/eventfd) is active")
+        print("note:     no usable dma-buf devices; the fallback backend (memfds, socketpair fences) is active")
     return 0
 
 
