@@ -44,6 +44,38 @@ hold_remove = _held.remove
 _close_hooks: dict[int, list[Callable[[], None]]] = {}
 
 
+def hold(holder: FdHolder) -> int:
+    """Start an operation on ``holder``: its fd, which stays open until ``release``;
+    ClosedError if it is closed. Other modules' objects use these functions (the fd
+    and the cell are this module's business)."""
+    hold_append(holder)
+    fd = holder._fd
+    if fd < 0:
+        release(holder)
+        raise closed(holder._kind)
+    return fd
+
+
+def release(holder: FdHolder) -> None:
+    """End an operation that ``hold`` started; the last one out of a closed object
+    closes its number."""
+    hold_remove(holder)
+    if holder._fd < 0:
+        finish(holder)
+
+
+def finish(holder: FdHolder) -> None:
+    """Close a closed holder's number unless an operation still holds it (then the
+    last release does); for callers that inline ``release`` as ``hold_remove``."""
+    if holder in _held:
+        return
+    try:
+        fd = holder._cell.pop()
+    except IndexError:
+        return  # someone else closed the number (or it was detached)
+    os.close(fd)
+
+
 class FdHolder:
     __slots__ = ("_fd", "_cell", "__weakref__")
     _kind = "fd"
@@ -63,30 +95,6 @@ class FdHolder:
     @property
     def closed(self) -> bool:
         return self._fd < 0
-
-    # --- holds -------------------------------------------------------------------
-    def _hold(self) -> int:
-        """Start an operation: the fd, which stays open until ``_release``."""
-        hold_append(self)
-        fd = self._fd
-        if fd < 0:
-            self._release()
-            raise closed(self._kind)
-        return fd
-
-    def _release(self) -> None:
-        hold_remove(self)
-        if self._fd < 0:
-            self._finish()
-
-    def _finish(self) -> None:
-        if self in _held:
-            return  # the last release finishes
-        try:
-            fd = self._cell.pop()
-        except IndexError:
-            return  # someone else closed the number (or it was detached)
-        os.close(fd)
 
     # --- lifetime ----------------------------------------------------------------
     def close(self) -> None:
@@ -128,20 +136,24 @@ class FdHolder:
         self.close()
 
     def __del__(self) -> None:
-        # No hold can be outstanding: _held would keep the object alive.
-        cell = getattr(self, "_cell", None)
+        # No hold can be outstanding: _held would keep the object alive. Every object
+        # runs this when it goes, closed or not, so the closed case comes first and
+        # cheap (a slot read, not getattr).
+        try:
+            cell = self._cell
+        except AttributeError:  # __init__ never ran
+            return
         if not cell:
             if _close_hooks:
                 _close_hooks.pop(id(self), None)
             return
-        if cell:
-            self._fd = -1
-            try:
-                if _close_hooks:  # e.g. a backend's state for this buffer (no waiter: we're dead)
-                    _run_close_hooks(self)
-                os.close(cell.pop())
-            except Exception:
-                pass
+        self._fd = -1
+        try:
+            if _close_hooks:  # e.g. a backend's state for this buffer (no waiter: we're dead)
+                _run_close_hooks(self)
+            os.close(cell.pop())
+        except Exception:
+            pass
 
 
 def add_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
@@ -166,8 +178,8 @@ def _run_close_hooks(holder: FdHolder) -> None:
         hook()
 
 
-__all__ = ["FdHolder", "add_close_hook", "as_fd", "dup_cloexec", "pickled_fd", "remove_close_hook",
-           "unpickled_fd"]
+__all__ = ["FdHolder", "add_close_hook", "as_fd", "dup_cloexec", "finish", "hold", "hold_append", "hold_remove",
+           "pickled_fd", "release", "remove_close_hook", "unpickled_fd"]
 
 
 FD_MAX = 2**31 - 1
@@ -205,11 +217,11 @@ def pickled_fd(holder: FdHolder) -> DupFdLike:
     thread can't swap the file under the dup)."""
     from multiprocessing import reduction  # only programs that pickle pay for it
 
-    fd = holder._hold()
+    fd = hold(holder)
     try:
         return reduction.DupFd(fd)
     finally:
-        holder._release()
+        release(holder)
 
 
 def unpickled_fd(dupfd: DupFdLike) -> int:

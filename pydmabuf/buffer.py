@@ -27,9 +27,12 @@ from ._fd import (
     add_close_hook,
     as_fd,
     dup_cloexec,
+    finish,
+    hold,
     hold_append,
     hold_remove,
     pickled_fd,
+    release,
     unpickled_fd,
 )
 from .backends import Backend, buffer_backend, get_backend
@@ -43,7 +46,9 @@ from .uapi.wait import deadline
 
 READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
 _fstat = os.fstat
-_DMA_BUF_DEVS = DMA_BUF_DEVS
+# st_dev of the dma-buf filesystem -> the kernel backend, filled when from_fd first
+# meets it: then the common from_fd is one fstat and one dict lookup.
+_KERNEL_BY_DEV: dict[int, Backend] = {}
 
 _new = object.__new__
 NAME_MAX = 31  # DMA_BUF_NAME_LEN minus the NUL
@@ -133,6 +138,24 @@ def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     return buf
 
 
+def buffer_parts(buf: Buffer) -> tuple[Backend, int, int]:
+    """(backend, size, offset of the buffer inside its fd): what sharing, waiting and
+    the channel need beyond the public API (the offset is non-zero only for fallback
+    udmabufs, which are the memfd itself)."""
+    return buf._backend, buf._size, buf._offset
+
+
+def named(buf: Buffer, name: str | None) -> Buffer:
+    """``buf``, a buffer just made, named; closed again if the name is refused."""
+    if name is not None:
+        try:
+            buf.set_name(name)
+        except BaseException:
+            buf.close()
+            raise
+    return buf
+
+
 class Buffer(FdHolder):
     """An owned dma-buf fd (on the fallback backend, a memfd) of a fixed size.
 
@@ -159,14 +182,17 @@ class Buffer(FdHolder):
         leaves your fd alone."""
         if type(fd) is not int or fd < 0:
             fd = as_fd(fd)
+        st: os.stat_result | None
         try:  # the common case inline: one fstat shows a dma-buf filesystem seen before
             st = _fstat(fd)
+            found = _KERNEL_BY_DEV.get(st.st_dev) if not st.st_mode & 0o170000 else None
+            size = st.st_size
         except (OSError, OverflowError):
-            st = None
-        if st is not None and not st.st_mode & 0o170000 and _DMA_BUF_DEVS.get(st.st_dev):
-            found, size = get_backend("kernel"), st.st_size
-        else:
+            st = found = None
+        if found is None:
             found, size = buffer_backend(fd)  # everything else, and the errors
+            if st is not None and DMA_BUF_DEVS.get(st.st_dev) and found.name == "kernel":
+                _KERNEL_BY_DEV[st.st_dev] = found
         if backend is not None and get_backend(backend) is not found:
             what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
             raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
@@ -204,49 +230,39 @@ class Buffer(FdHolder):
     @property
     def name(self) -> str | None:
         """The name as the kernel reports it now (None if never set)."""
-        fd = self._hold()
+        fd = hold(self)
         try:
             return self._backend.buffer_name(fd)
         finally:
-            self._release()
+            release(self)
 
     def set_name(self, name: str) -> None:
         raw = encode_name(name)
-        fd = self._hold()
+        fd = hold(self)
         try:
             self._backend.set_name(fd, raw)
         finally:
-            self._release()
-
-    def _named(self, name: str | None) -> Buffer:
-        """This new buffer, named; closed again if the name is refused."""
-        if name is not None:
-            try:
-                self.set_name(name)
-            except BaseException:
-                self.close()
-                raise
-        return self
+            release(self)
 
     def info(self) -> BufferInfo:
-        fd = self._hold()
+        fd = hold(self)
         try:
             return BufferInfo(*self._backend.buffer_info(fd, self._size))
         finally:
-            self._release()
+            release(self)
 
     def dup(self) -> Buffer:
-        fd = self._hold()
+        fd = hold(self)
         try:
             return new_buffer(dup_cloexec(fd), self._size, self._backend, self._offset)
         finally:
-            self._release()
+            release(self)
 
     # --- CPU access --------------------------------------------------------------
     def map(self, *, write: bool = True) -> Mapping:
         """Map the whole buffer shared (most exporters refuse MAP_PRIVATE)."""
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-        fd = self._hold()
+        fd = hold(self)
         try:
             return Mapping(fd, self._size, mmap.MAP_SHARED, prot, offset=self._offset)
         except PermissionError as exc:
@@ -258,7 +274,7 @@ class Buffer(FdHolder):
                 hint = unmappable_hint(self._backend.buffer_info(fd, self._size)[1])
             raise error(code, "mmap", hint) from None
         finally:
-            self._release()
+            release(self)
 
     def cpu_access(self, read: bool = True, write: bool = True, timeout: float | None = None) -> CpuAccess:
         """Bracket CPU access to the mapping; ``timeout`` bounds the wait for the
@@ -266,28 +282,29 @@ class Buffer(FdHolder):
         if read is True and write is True and timeout is None:
             access = self._access  # the default bracket, made once (it refers back weakly)
             if access is None:
-                access = self._access = CpuAccess(self, READ | WRITE, None)
+                access = self._access = CpuAccess(self, READ | WRITE)
             return access
         if timeout is not None:
             deadline(timeout, "cpu_access")  # reject a bad timeout here, not at `with`
-        return CpuAccess(self, _direction(read, write), timeout)
+            return TimedCpuAccess(self, _direction(read, write), timeout)
+        return CpuAccess(self, _direction(read, write))
 
     def begin_cpu_access(self, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC START alone; pair with ``end_cpu_access``."""
         flags = _direction(read, write)
-        fd = self._hold()
+        fd = hold(self)
         try:
             self._backend.sync(fd, flags)
         finally:
-            self._release()
+            release(self)
 
     def end_cpu_access(self, read: bool = True, write: bool = True) -> None:
         flags = _direction(read, write) | END
-        fd = self._hold()
+        fd = hold(self)
         try:
             self._backend.sync(fd, flags)
         finally:
-            self._release()
+            release(self)
 
     # --- implicit fences ---------------------------------------------------------
     def export_sync_file(self, *, read: bool = True, write: bool = True) -> SyncFile:
@@ -303,7 +320,7 @@ class Buffer(FdHolder):
         finally:
             hold_remove(self)  # _release, inlined on this hot path
             if self._fd < 0:
-                self._finish()
+                finish(self)
         fence = _new(SyncFile)  # hot path: no __init__ frame
         fence._fd = new
         fence._cell = [new]
@@ -319,38 +336,38 @@ class Buffer(FdHolder):
             raise invalid(f"a {sync_file._backend.name} fence cannot be attached to a "
                           f"{self._backend.name} buffer")
         backend = self._backend
-        fd = self._hold()
+        fd = hold(self)
         try:
-            sync_fd = sync_file._hold()
+            sync_fd = hold(sync_file)
             try:
                 backend.import_sync_file(fd, sync_fd, WRITE if write else READ)
             finally:
-                sync_file._release()
+                release(sync_file)
             if backend.forgets:  # the backend keeps the fence for this buffer: until close
                 add_close_hook(self, _Forget(backend, fd))
         finally:
-            self._release()
+            release(self)
 
     def wait(self, *, write: bool = False, timeout: float | None = None) -> None:
         """Wait until a reader (default) or a writer (``write=True``) may proceed."""
-        fd = self._hold()
+        fd = hold(self)
         try:
             self._backend.wait_idle(fd, write, timeout, "Buffer.wait")
         finally:
-            self._release()
+            release(self)
 
     async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> None:
         """``await`` version of ``wait`` on the running asyncio loop; ClosedError if
         the buffer is closed meanwhile; cancelling the task stops watching."""
         from . import aio  # asyncio is imported only by programs that use it
 
-        fd = self._hold()
+        fd = hold(self)
         try:  # an fd of our own to watch, taken while the buffer's number is held
             watch, events, new = self._backend.implicit_fence(fd, write)
             if not new:
                 watch = dup_cloexec(watch)
         finally:
-            self._release()
+            release(self)
         await aio.wait_fd(self, watch, events, timeout, "Buffer.wait_async")
 
     def __repr__(self) -> str:
@@ -364,47 +381,58 @@ class Buffer(FdHolder):
 
 
 class CpuAccess:
-    __slots__ = ("_ref", "_flags", "_timeout", "_fd", "_call", "_request", "_start", "_end")
+    """A ``with buffer.cpu_access(...)`` bracket: SYNC START on entry, END on exit.
+    The default bracket of a buffer is made once and reused, so it keeps only what
+    never changes: a weak reference to the buffer, its fd number (a buffer's number
+    changes only to -1, which the entry checks) and the backend's call values."""
 
-    def __init__(self, buffer: Buffer, flags: int, timeout: float | None) -> None:
+    __slots__ = ("_ref", "_flags", "_fd", "_call", "_request", "_start", "_end")
+
+    def __init__(self, buffer: Buffer, flags: int) -> None:
         self._ref = weakref.ref(buffer)
         self._flags = flags
-        self._timeout = timeout
-        self._fd = -1  # what START went to; a buffer's number never changes while held
+        self._fd = buffer._fd
         call: tuple[Callable[[int, int, object], object], int, object, object]
         call = buffer._backend.sync_call(flags)
         self._call, self._request, self._start, self._end = call
 
-    @staticmethod
-    def _sync(buf: Buffer, fd: int, flags: int, exc: OSError) -> None:
+    def _sync(self, buf: Buffer, flags: int, exc: OSError) -> None:
         """After the fast call failed: a library error stands; a raw OSError goes through
         the backend's checked call, which retries EINTR/EAGAIN and raises typed errors."""
         if isinstance(exc, Error):
             raise exc
-        buf._backend.sync(fd, flags)
+        buf._backend.sync(self._fd, flags)
+
+    def _held_buffer(self) -> Buffer:
+        """The buffer, held (the slow half of ``__enter__``)."""
+        buf = self._ref()
+        if buf is None:
+            raise closed("Buffer")
+        hold(buf)
+        return buf
 
     def __enter__(self) -> Buffer:
         buf = self._ref()
         if buf is None:
             raise closed("Buffer")
-        hold_append(buf)
-        fd = buf._fd
-        if fd < 0:
-            buf._release()
+        hold_append(buf)  # hold(buf), inlined on the hottest path
+        if buf._fd < 0:
+            release(buf)
             raise closed("Buffer")
         try:
-            if self._timeout is not None:
-                # START waits for implicit fences with no limit: honour the timeout first.
-                buf._backend.wait_idle(fd, bool(self._flags & WRITE), self._timeout, "cpu_access")
-            try:
-                self._call(fd, self._request, self._start)
-            except OSError as exc:
-                self._sync(buf, fd, self._flags, exc)
-        except BaseException:
-            buf._release()
-            raise
-        self._fd = fd
+            self._call(self._fd, self._request, self._start)
+        except BaseException as exc:
+            self._start_failed(buf, exc)
         return buf
+
+    def _start_failed(self, buf: Buffer, exc: BaseException) -> None:
+        try:
+            if not isinstance(exc, OSError):
+                raise exc
+            self._sync(buf, self._flags, exc)
+        except BaseException:
+            release(buf)
+            raise
 
     def __exit__(
         self,
@@ -412,15 +440,36 @@ class CpuAccess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        buf = self._ref()
-        if buf is None:  # unreachable while held: _held keeps the buffer alive
-            return
+        buf: Buffer = self._ref()  # type: ignore[assignment]  # alive: _held refers to it
         try:
-            try:
-                self._call(self._fd, self._request, self._end)
-            except OSError as err:
-                self._sync(buf, self._fd, self._flags | END, err)
+            self._call(self._fd, self._request, self._end)
+        except OSError as err:
+            self._sync(buf, self._flags | END, err)
         finally:
-            hold_remove(buf)  # buf._release(), inlined on the hottest path
+            hold_remove(buf)  # release(buf), inlined on the hottest path
             if buf._fd < 0:
-                buf._finish()
+                finish(buf)
+
+
+class TimedCpuAccess(CpuAccess):
+    """A bracket with a timeout: SYNC START waits for implicit fences with no limit, so
+    the entry first waits for them itself, up to ``timeout`` seconds."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, buffer: Buffer, flags: int, timeout: float) -> None:
+        super().__init__(buffer, flags)
+        self._timeout = timeout
+
+    def __enter__(self) -> Buffer:
+        buf = self._held_buffer()
+        try:
+            buf._backend.wait_idle(self._fd, bool(self._flags & WRITE), self._timeout, "cpu_access")
+            try:
+                self._call(self._fd, self._request, self._start)
+            except OSError as exc:
+                self._sync(buf, self._flags, exc)
+        except BaseException:
+            release(buf)
+            raise
+        return buf

@@ -43,7 +43,7 @@ from types import TracebackType
 
 from . import share
 from .allocator import Allocator
-from .buffer import Buffer, Mapping
+from .buffer import Buffer, Mapping, buffer_parts, new_buffer
 from .credentials import check_peer, id_set, peer_credentials
 from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_out
 from .formats import Format
@@ -204,7 +204,8 @@ def _shareable(buffer: Buffer) -> tuple[Buffer, Mapping | None]:
     except OSError as exc:  # no /proc: consumers get the producer's fd
         log.debug("cannot reopen pool buffer fd %d read-only: %s", fd, exc)
         return buffer, mapping
-    return Buffer(ro, buffer.size, buffer._backend, buffer._offset), mapping
+    backend, size, offset = buffer_parts(buffer)
+    return new_buffer(ro, size, backend, offset), mapping
 
 
 def _shareable_item(item: Item) -> tuple[Item, Mapping | None]:

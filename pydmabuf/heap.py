@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno as E
 import os
 
-from ._fd import FdHolder, hold_append, hold_remove
+from ._fd import FdHolder, finish, hold_append, hold_remove
 from .backends import Backend, get_backend
-from .buffer import Buffer, new_buffer
+from .buffer import Buffer, named, new_buffer
 from .errors import NotFoundError, PermissionDeniedError, check_name, closed, error, invalid
 from .uapi.memfd import PAGE_SIZE
 
@@ -49,7 +49,7 @@ class Heap(FdHolder):
     """An open heap. ``allocate`` is a single ioctl; the heap fd stays open until
     ``close()`` so repeated allocations pay no open/close."""
 
-    __slots__ = ("_backend", "_name")
+    __slots__ = ("_backend", "_name", "_allocate")
     _kind = "Heap"
 
     def __init__(self, name: str = "system", *, backend: str | Backend | None = None) -> None:
@@ -66,6 +66,7 @@ class Heap(FdHolder):
             fd = self._backend.open_heap(name)
         else:
             self._name, fd = _open_alias(self._backend, name, candidates)
+        self._allocate = self._backend.allocator(self._name)
         self._cell = [fd]
         self._fd = fd
 
@@ -93,14 +94,13 @@ class Heap(FdHolder):
             heap_fd = self._fd
             if heap_fd < 0:
                 raise closed("Heap")
-            backend = self._backend
-            fd = backend.allocate(heap_fd, self._name, size)
+            fd = self._allocate(heap_fd, size)
         finally:
             hold_remove(self)  # _release, inlined on this hot path
             if self._fd < 0:
-                self._finish()
-        buf = new_buffer(fd, (size + _PAGE_MASK) & ~_PAGE_MASK, backend)
-        return buf if name is None else buf._named(name)
+                finish(self)
+        buf = new_buffer(fd, (size + _PAGE_MASK) & ~_PAGE_MASK, self._backend)
+        return buf if name is None else named(buf, name)
 
     def __repr__(self) -> str:
         state = f"fd={self._fd}" if self._fd >= 0 else "closed"

@@ -48,7 +48,7 @@ class Lease:
                  tb: TracebackType | None) -> None:
         if self._out:  # the pool's give-back, inlined: it is half of every lend
             self._out = False
-            if self.buffer._fd < 0:
+            if self.buffer.closed:
                 self._pool._came_back_closed(self)
             else:
                 self._push(self)

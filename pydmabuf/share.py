@@ -36,9 +36,9 @@ import struct
 import sys
 import time
 
-from ._fd import hold_append, hold_remove
+from ._fd import hold, release
 from .backends import buffer_backend, fence_backend
-from .buffer import NAME_MAX, Buffer, new_buffer
+from .buffer import NAME_MAX, Buffer, buffer_parts, new_buffer
 from .errors import Error, closed, error, invalid, timed_out
 from .frame import Frame, Plane
 from .syncfile import SyncFile, new_sync_file
@@ -125,23 +125,19 @@ def send(sock: socket.socket, *objects: Shareable, data: bytes = b"") -> None:
     if len(objects) == 1 and type(data) is bytes and len(data) <= MAX_DATA:
         obj = objects[0]
         if type(obj) is Buffer:
-            hold_append(obj)  # obj._hold(), inlined on the hot path
+            fd = hold(obj)  # ClosedError if closed
             try:
-                fd = obj._fd
-                if fd >= 0:
-                    backend = obj._backend
-                    if not backend.local_name(fd):
-                        total = _ONE_SIZE + len(data)
-                        msg = _pack_one(_MAGIC, VERSION, 1, len(data), total, _KIND_BUFFER,
-                                        _BACKEND_CODE[backend.name], 0, obj._size, obj._offset)
-                        if data:
-                            msg += data
-                        _sendmsg(sock, msg, [(_SOL, _RIGHTS, _pack_fd(fd))], total)
-                        return
+                backend, size, offset = buffer_parts(obj)
+                if not backend.local_name(fd):
+                    total = _ONE_SIZE + len(data)
+                    msg = _pack_one(_MAGIC, VERSION, 1, len(data), total, _KIND_BUFFER,
+                                    _BACKEND_CODE[backend.name], 0, size, offset)
+                    if data:
+                        msg += data
+                    _sendmsg(sock, msg, [(_SOL, _RIGHTS, _pack_fd(fd))], total)
+                    return
             finally:
-                hold_remove(obj)  # obj._release(), inlined
-                if obj._fd < 0:
-                    obj._finish()
+                release(obj)
     _send_any(sock, objects, data)
 
 
@@ -167,17 +163,16 @@ def _send_any(sock: socket.socket, objects: tuple[Shareable, ...], data: bytes) 
                 parts.append(record)
                 continue
             obj = record
-            fd = obj._hold()  # ClosedError if closed
+            fd = hold(obj)  # ClosedError if closed
             held.append(obj)
-            backend = obj._backend
             if isinstance(obj, Buffer):
                 # Names live on the file (dma-buf name, memfd xattr) and travel with it;
                 # only a fallback on a kernel without tmpfs user xattrs keeps them here.
+                backend, size, offset = buffer_parts(obj)
                 name = backend.local_name(fd)
-                parts.append(_pack_obj(_KIND_BUFFER, _BACKEND_CODE[backend.name], len(name),
-                                       obj._size, obj._offset) + name)
+                parts.append(_pack_obj(_KIND_BUFFER, _BACKEND_CODE[backend.name], len(name), size, offset) + name)
             else:
-                parts.append(_pack_obj(_KIND_SYNC_FILE, _BACKEND_CODE[backend.name], 0, 0, 0))
+                parts.append(_pack_obj(_KIND_SYNC_FILE, _BACKEND_CODE[obj.backend], 0, 0, 0))
             fds.append(fd)
         total = _PREFIX.size + sum(map(len, parts)) + len(data)
         if total > _MAX_MSG:
@@ -188,7 +183,7 @@ def _send_any(sock: socket.socket, objects: tuple[Shareable, ...], data: bytes) 
         _sendmsg(sock, b"".join(parts), [(_SOL, _RIGHTS, array.array("i", fds))] if fds else [], total)
     finally:
         for obj in held:
-            obj._release()
+            release(obj)
 
 
 def _frame_record(frame: Frame) -> bytes:
@@ -430,7 +425,7 @@ def _parse(msg: bytes, fds: list[int], out: list[Shareable]
             buf = _buffer(fd, size, offset)
             out.append(buf)
             if name_len:  # the name lived in the sender's process only: keep it here too
-                buf._backend.note_name(fd, name)
+                buffer_parts(buf)[0].note_name(fd, name)
         elif kind == _KIND_SYNC_FILE:
             if frame is not None:
                 raise _protocol("a fence among a frame's buffers")

@@ -6,7 +6,7 @@ import os
 import select
 from collections.abc import Callable, Iterable
 
-from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, pickled_fd, unpickled_fd
+from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, hold, pickled_fd, release, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
 from .info import FenceInfo, SyncFileInfo
@@ -99,11 +99,11 @@ class SyncFile(FdHolder):
         """Block until signaled; raise TimeoutError after ``timeout`` seconds.
         The deadline holds across signal interruptions. A close() from another thread
         meanwhile takes effect when the wait returns."""
-        fd = self._hold()
+        fd = hold(self)
         try:
             _wait.wait_fd(fd, _POLLIN, timeout, "SyncFile.wait")
         finally:
-            self._release()
+            release(self)
 
     async def wait_async(self, timeout: float | None = None) -> None:
         """``await`` until signaled, on the running asyncio loop (other tasks keep
@@ -111,11 +111,11 @@ class SyncFile(FdHolder):
         closed meanwhile; cancelling the task stops watching the fd."""
         from . import aio  # asyncio is imported only by programs that use it
 
-        fd = self._hold()
+        fd = hold(self)
         try:
             watch = dup_cloexec(fd)  # the waiter's own: close() can't pull it away
         finally:
-            self._release()
+            release(self)
         await aio.wait_fd(self, watch, _POLLIN, timeout, "SyncFile.wait_async")
 
     def merge(self, other: SyncFile, *, name: str = "merged") -> SyncFile:
@@ -125,15 +125,15 @@ class SyncFile(FdHolder):
         check_name(name)
         if other._backend is not self._backend:
             raise invalid(f"cannot merge a {self._backend.name} fence with a {other._backend.name} one")
-        fd = self._hold()
+        fd = hold(self)
         try:
-            other_fd = other._hold()
+            other_fd = hold(other)
             try:
                 return new_sync_file(self._backend.merge(fd, other_fd, name), self._backend)
             finally:
-                other._release()
+                release(other)
         finally:
-            self._release()
+            release(self)
 
     @classmethod
     def merge_all(cls, fences: Iterable[SyncFile], *, name: str = "merged") -> SyncFile:
@@ -168,11 +168,11 @@ class SyncFile(FdHolder):
                 f.close()
 
     def info(self) -> SyncFileInfo:
-        fd = self._hold()
+        fd = hold(self)
         try:
             name, status, fences = self._backend.sync_file_info(fd)
         finally:
-            self._release()
+            release(self)
         return SyncFileInfo(name, status, tuple(FenceInfo(*f) for f in fences))
 
     def set_deadline(self, deadline_ns: int) -> None:
@@ -182,18 +182,18 @@ class SyncFile(FdHolder):
             raise TypeError(f"deadline_ns must be an int, got {type(deadline_ns).__name__}")
         if not 0 <= deadline_ns < 2**64:
             raise invalid(f"deadline_ns must be in 0..2**64-1, got {deadline_ns}")
-        fd = self._hold()
+        fd = hold(self)
         try:
             self._backend.set_deadline(fd, deadline_ns)
         finally:
-            self._release()
+            release(self)
 
     def dup(self) -> SyncFile:
-        fd = self._hold()
+        fd = hold(self)
         try:
             return new_sync_file(dup_cloexec(fd), self._backend)
         finally:
-            self._release()
+            release(self)
 
     def __repr__(self) -> str:
         if self._fd < 0:

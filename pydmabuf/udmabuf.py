@@ -6,7 +6,7 @@ import os
 
 from ._fd import as_fd
 from .backends import Backend, get_backend
-from .buffer import Buffer, encode_name, new_buffer
+from .buffer import Buffer, encode_name, named, new_buffer
 from .errors import error, invalid
 from .heap import check_size
 from .uapi import memfd as _memfd
@@ -26,7 +26,7 @@ def udmabuf(size: int, *, name: str | None = None, backend: str | Backend | None
         buf = udmabuf_from_ranges([(memfd, 0, size)], backend=backend)
     finally:
         os.close(memfd)  # the buffer pins the pages; the memfd is no longer needed
-    return buf._named(name)
+    return named(buf, name)
 
 
 def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, *,
@@ -46,9 +46,19 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
             raise error(exc.errno or 9, f"fstat of memfd {fd}") from None
     if type(size) is not int or not 0 <= size < _U63:
         size = _int(size, "size")
-    b = get_backend(backend)
-    new, start, total = b.udmabuf([(fd, offset, size)])  # one range: no list building
-    return new_buffer(new, total, b, start)
+    b = _default[0] if backend is None and _default else _backend(backend)
+    new = b.udmabuf_one(fd, offset, size)
+    return new_buffer(new, size, b, offset if b.udmabuf_keeps_offset else 0)
+
+
+_default: list[Backend] = []  # the default backend once known: no get_backend frame per call
+
+
+def _backend(name: str | Backend | None) -> Backend:
+    found = get_backend(name)
+    if name is None:
+        _default[:] = [found]
+    return found
 
 
 def udmabuf_from_ranges(ranges: list[tuple[object, int, int]], *,

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
-from ._fd import FdHolder
-from .buffer import Buffer
+from ._fd import FdHolder, hold, release
+from .buffer import Buffer, buffer_parts
 from .errors import closed, error, invalid, timed_out
 from .syncfile import SyncFile
 from .uapi import wait as _wait
@@ -36,7 +36,7 @@ def poll_target(obj: object, write: bool) -> tuple[int, int, bool]:
     if isinstance(obj, SyncFile):
         return obj.fileno(), select.POLLIN, False
     if isinstance(obj, Buffer):
-        return obj._backend.implicit_fence(obj.fileno(), write)
+        return buffer_parts(obj)[0].implicit_fence(obj.fileno(), write)
     raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
 
 
@@ -194,15 +194,15 @@ def _targets(objs: list[object], write: bool
     try:
         for i, obj in enumerate(objs):
             if type(obj) is SyncFile:  # the common case, inlined
-                fd, ev = obj._hold(), _POLLIN
+                fd, ev = hold(obj), _POLLIN
                 held.append(obj)
             elif isinstance(obj, (SyncFile, Buffer)):
-                buf_fd = obj._hold()
+                buf_fd = hold(obj)
                 held.append(obj)
                 if isinstance(obj, SyncFile):
                     fd, ev = buf_fd, _POLLIN
                 else:
-                    fd, ev, new = obj._backend.implicit_fence(buf_fd, write)
+                    fd, ev, new = buffer_parts(obj)[0].implicit_fence(buf_fd, write)
                     if new:
                         owned.append(fd)
             else:
@@ -222,7 +222,7 @@ def _done(owned: list[int], held: list[FdHolder]) -> None:
     for fd in owned:
         os.close(fd)
     for obj in held:
-        obj._release()
+        release(obj)
 
 
 def _ready_now(events: dict[int, int], what: str) -> list[int]:

@@ -20,7 +20,8 @@ __all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "defa
            "get_backend"]
 
 BACKEND_NAMES = ("kernel", "fallback")
-_instances: dict[str, Backend] = {}
+# Backends by name; None maps to the default once chosen (one dict lookup per call).
+_instances: dict[str | None, Backend] = {}
 _BY_KIND = {DMA_BUF: "kernel", SYNC_FILE: "kernel", MEMFD: "fallback", FALLBACK_FENCE: "fallback"}
 _default: str | None = None
 
@@ -59,7 +60,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     if name is None:
-        name = default_name()
+        backend = _instances[None] = get_backend(default_name())
+        return backend
     backend = _instances.get(name)
     if backend is None:
         if name == "kernel":

@@ -59,9 +59,24 @@ class Backend(ABC):
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
         """A new read-write, close-on-exec buffer fd of at least ``size`` bytes."""
 
+    def allocator(self, heap_name: str) -> Callable[[int, int], int]:
+        """``allocate`` for one heap as ``alloc(heap_fd, size) -> fd``: what a Heap binds
+        once and calls per allocation (the kernel's is the ioctl with no frame around)."""
+        allocate = self.allocate
+        return lambda heap_fd, size: allocate(heap_fd, heap_name, size)
+
     @abstractmethod
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
         """(fd, offset of the buffer inside fd, size) sharing the memfds' pages."""
+
+    # Whether a udmabuf's fd is the memfd itself, the buffer starting at the range's
+    # offset inside it (the fallback), or a new file starting at 0 (the kernel).
+    udmabuf_keeps_offset = False
+
+    def udmabuf_one(self, memfd: int, offset: int, size: int) -> int:
+        """The fd of a udmabuf on one range (the common case, with no list to build);
+        the buffer starts at ``offset`` inside it if ``udmabuf_keeps_offset``, else at 0."""
+        return self.udmabuf([(memfd, offset, size)])[0]
 
     @abstractmethod
     def buffer_name(self, fd: int) -> str | None: ...

@@ -141,6 +141,8 @@ class FallbackBackend(Backend):
         return _memfd.sealed_memfd(f"pydmabuf:{heap_name}", _memfd.page_round(size),
                                    _memfd.F_SEAL_SHRINK | _memfd.F_SEAL_GROW)
 
+    udmabuf_keeps_offset = True  # the "udmabuf" is the memfd itself
+
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
         if not ranges or len(ranges) > LIST_LIMIT:
             raise error(E.EINVAL, "UDMABUF_CREATE_LIST", f"1 to {LIST_LIMIT} ranges")

@@ -12,6 +12,7 @@ Python's ``mmap.mmap`` keeps a dup of the fd, so a mapping made with
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fnmatch
 import gc
@@ -345,8 +346,9 @@ def leaks() -> list[Leak]:
     mapped_at: list[int] = []
     for obj in gc.get_objects():
         if isinstance(obj, FdHolder):
-            if obj._fd >= 0:
-                owned.add(obj._fd)
+            if not obj.closed:
+                with contextlib.suppress(OSError):  # closed by another thread just now
+                    owned.add(obj.fileno())
         elif isinstance(obj, mmap.mmap) and not obj.closed:
             addr = _address(obj)
             if addr is not None:

@@ -140,15 +140,27 @@ _pack_alloc = ALLOC_ARG.pack
 _unpack_alloc = ALLOC_ARG.unpack
 
 
+def heap_allocator(fd_flags: int, hints: Hints | None = None, heap_flags: int = 0) -> Callable[[int, int], int]:
+    """DMA_HEAP_IOCTL_ALLOC with its flags and hints bound: ``alloc(heap_fd, length)``
+    returns the new buffer fd. A Heap binds it once, so an allocation is this one
+    Python frame around the ioctl."""
+
+    def alloc(heap_fd: int, length: int) -> int:
+        # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
+        arg = _pack_alloc(length, 0, fd_flags, heap_flags)
+        while True:
+            try:
+                return _unpack_alloc(_fioctl(heap_fd, _ALLOC, arg))[1]  # type: ignore[no-any-return]
+            except OSError as exc:
+                retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
+
+    return alloc
+
+
 def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None,
                heap_flags: int = 0) -> int:
-    # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
-    arg = _pack_alloc(length, 0, fd_flags, heap_flags)
-    while True:
-        try:
-            return _unpack_alloc(_fioctl(heap_fd, _ALLOC, arg))[1]  # type: ignore[no-any-return]
-        except OSError as exc:
-            retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
+    """One DMA_HEAP_IOCTL_ALLOC (probes and tests; Heaps keep a ``heap_allocator``)."""
+    return heap_allocator(fd_flags, hints, heap_flags)(heap_fd, length)
 
 
 # --- udmabuf -------------------------------------------------------------------------
@@ -170,17 +182,28 @@ _UDMABUF_CREATE = _ffi.UDMABUF_CREATE
 _pack_udmabuf = UDMABUF_ARG.pack
 
 
+def udmabuf_creator(dev_fd: int, flags: int, hints: Hints | None = None) -> Callable[[int, int, int], int]:
+    """UDMABUF_CREATE (one range, the common case) on ``/dev/udmabuf`` fd ``dev_fd``
+    with its flags and hints bound: ``create(memfd, offset, size)`` returns the new
+    dma-buf fd, in one Python frame around the ioctl."""
+
+    def create(memfd: int, offset: int, size: int) -> int:
+        # A mutable buffer: then fcntl.ioctl returns the ioctl's result, the new fd.
+        arg = bytearray(_pack_udmabuf(memfd, flags, offset, size))
+        while True:
+            try:
+                return _fioctl(dev_fd, _UDMABUF_CREATE, arg, True)  # type: ignore[no-any-return]
+            except OSError as exc:
+                retry_or_raise(exc, "UDMABUF_CREATE", hints)
+
+    return create
+
+
 def udmabuf_create(
     dev_fd: int, memfd: int, offset: int, size: int, flags: int, hints: Hints | None = None
 ) -> int:
-    """UDMABUF_CREATE: one range, the common case, through fcntl.ioctl."""
-    # A mutable buffer: then fcntl.ioctl returns the ioctl's result, the new fd.
-    arg = bytearray(_pack_udmabuf(memfd, flags, offset, size))
-    while True:
-        try:
-            return _fioctl(dev_fd, _UDMABUF_CREATE, arg, True)  # type: ignore[no-any-return]
-        except OSError as exc:
-            retry_or_raise(exc, "UDMABUF_CREATE", hints)
+    """One UDMABUF_CREATE (see ``udmabuf_creator``)."""
+    return udmabuf_creator(dev_fd, flags, hints)(memfd, offset, size)
 
 
 # --- sync_file -----------------------------------------------------------------------
