@@ -12,6 +12,10 @@ pydmabuf adds:
 - from_fd(own=False) + close: dup + fstat + close; the eventfd's anonymous-inode
   filesystem stands in for the dma-buf one
 
+The "thin obj" column runs the same stand-in calls behind the thinnest API Python
+allows (a ``with`` bracket, a method returning a three-line fd-owning object, a
+property): "thin/hand" is what being an object API costs, "vs thin" what pydmabuf adds.
+
     python benchmarks/bench_overhead.py [-n 200000] [--rounds 7]
 """
 
@@ -51,7 +55,7 @@ def main() -> int:
     kernel = get_backend("kernel")
     arg4 = bytes(4)
     # The kernel backend's calls, pointed at the stand-in syscall.
-    kernel.sync_call = lambda flags: (fcntl.ioctl, FIONREAD, arg4, arg4)  # type: ignore[method-assign]
+    kernel.sync_call = lambda flags: (fcntl.ioctl, FIONREAD, arg4, arg4)  # type: ignore[method-assign,assignment,return-value]
 
     def stand_in_export(fd: int, flags: int) -> int:
         fcntl.ioctl(fd, FIONREAD, arg4)
@@ -105,17 +109,80 @@ def main() -> int:
         for _ in range(n):
             from_fd(stand_in, own=False).close()
 
-    rows = {"cpu_access": (hand_sync, lib_sync), "export_sync_file": (hand_export, lib_export),
-            "signaled": (hand_signaled, lib_signaled), "from_fd": (hand_from_fd, lib_from_fd)}
+    class Owned:  # the least an fd-owning object can be (as in bench_ioctl's thin column)
+        __slots__ = ("fd",)
+
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def close(self) -> None:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                close(fd)
+
+        def __del__(self) -> None:
+            if self.fd >= 0:
+                close(self.fd)
+
+    class Thin:  # the same stand-in calls behind the thinnest API: a bracket, methods, a property
+        def __enter__(self) -> Thin:
+            ioctl(pipe_r, FIONREAD, arg4)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            ioctl(pipe_r, FIONREAD, arg4)
+
+        def cpu_access(self) -> Thin:
+            return self
+
+        def export_sync_file(self) -> Owned:
+            ioctl(pipe_r, FIONREAD, arg4)
+            return Owned(dup(pipe_r))
+
+        @property
+        def signaled(self) -> bool:
+            return poller.poll(0) != []
+
+        def from_fd(self, fd: int) -> Owned:
+            new = dup(fd)
+            fstat(new)
+            return Owned(new)
+
+    thin = Thin()
+
+    def thin_sync(n: int) -> None:
+        for _ in range(n):
+            with thin.cpu_access():
+                pass
+
+    def thin_export(n: int) -> None:
+        export = thin.export_sync_file
+        for _ in range(n):
+            export().close()
+
+    def thin_signaled(n: int) -> None:
+        for _ in range(n):
+            _ready = thin.signaled
+
+    def thin_from_fd(n: int) -> None:
+        from_fd = thin.from_fd
+        for _ in range(n):
+            from_fd(stand_in).close()
+
+    rows = {"cpu_access": (hand_sync, thin_sync, lib_sync), "export_sync_file": (hand_export, thin_export, lib_export),
+            "signaled": (hand_signaled, thin_signaled, lib_signaled),
+            "from_fd": (hand_from_fd, thin_from_fd, lib_from_fd)}
     print(f"Python {sys.version.split()[0]}, {os.uname().machine}; best of {args.rounds} interleaved rounds "
           f"x {args.n}; ns per operation (stand-in syscalls, see the docstring)")
-    print(f"{'operation':18} {'hand':>8} {'pydmabuf':>9} {'ratio':>7}")
-    for op, (hand, lib) in rows.items():
-        best = [float("inf"), float("inf")]
+    print(f"{'operation':18} {'hand':>8} {'thin obj':>9} {'pydmabuf':>9} {'ratio':>7} {'thin/hand':>9} {'vs thin':>8}")
+    for op, variants in rows.items():
+        best = [float("inf")] * len(variants)
         for _ in range(args.rounds):
-            best[0] = min(best[0], best_ns(hand, args.n))
-            best[1] = min(best[1], best_ns(lib, args.n))
-        print(f"{op:18} {best[0]:8.0f} {best[1]:9.0f} {best[1] / best[0]:6.2f}x")
+            for i, fn in enumerate(variants):
+                best[i] = min(best[i], best_ns(fn, args.n))
+        hand_ns, thin_ns, lib_ns = best
+        print(f"{op:18} {hand_ns:8.0f} {thin_ns:9.0f} {lib_ns:9.0f} {lib_ns / hand_ns:6.2f}x "
+              f"{thin_ns / hand_ns:8.2f}x {lib_ns / thin_ns:7.2f}x")
     buf.close()
     fence.close()
     for fd in (stand_in, pipe_r, pipe_w):

@@ -83,8 +83,8 @@ def main() -> int:
               f"{sys.version.split()[0]}; 8 MiB buffers; best of {args.rounds} interleaved rounds")
         base = best["pooled acquire+return"]
         for name, ns in best.items():
-            ratio = "" if name.startswith("pooled") else f"  pooled is {ns / base:,.0f}x faster"
-            print(f"  {name:24} {ns / 1000:12.2f} us{ratio}")
+            faster = "" if name.startswith("pooled") else f"  pooled is {ns / base:,.0f}x faster"
+            print(f"  {name:24} {ns / 1000:12.2f} us{faster}")
         ratio = best["fresh allocate+close"] / base
         print(f"goal: pooled >= {GOAL:.0f}x faster than fresh allocate+close: "
               f"{'met' if ratio >= GOAL else 'MISSED'} ({ratio:,.0f}x)")

@@ -123,12 +123,12 @@ def rtt_send_fds(buf: pydmabuf.Buffer, n: int) -> Result:
 def rtt_pydmabuf(buf: pydmabuf.Buffer, n: int, verify: bool = True) -> Result:
     if verify:
         return _rtt_pydmabuf(buf, n)
-    known = share.buffer_backend(buf.fileno())  # every fd here is this buffer's file
-    share.buffer_backend = lambda fd: known  # type: ignore[assignment]
+    known = buffer_backend(buf.fileno())  # every fd here is this buffer's file
+    share.buffer_backend = lambda fd: known  # type: ignore[attr-defined]
     try:
         return _rtt_pydmabuf(buf, n)  # the echo child is forked with the stub too
     finally:
-        share.buffer_backend = buffer_backend
+        share.buffer_backend = buffer_backend  # type: ignore[attr-defined]
 
 
 def _rtt_pydmabuf(buf: pydmabuf.Buffer, n: int) -> Result:
@@ -185,7 +185,7 @@ def verification(heap: pydmabuf.Heap, n: int, repeat: int) -> None:
 
 # --- channel ----------------------------------------------------------------------
 
-def channel_send_fds(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
+def channel_send_fds(pool: list[pydmabuf.Buffer], size: int, n: int) -> Result:
     def consumer(s: socket.socket) -> None:
         while True:
             msg, fds, _f, _a = socket.recv_fds(s, 64, 1)
@@ -212,7 +212,7 @@ def channel_send_fds(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
     return n / dt, (cpu + cpu_child(pid)) / n * 1e6
 
 
-def channel_pydmabuf(pool: list[pydmabuf.Buffer], size: int, n: int) -> float:
+def channel_pydmabuf(pool: list[pydmabuf.Buffer], size: int, n: int) -> Result:
     address = f"@pydmabuf-bench-{os.getpid()}-{size}-{time.monotonic_ns()}"
     dups = [b.dup() for b in pool]  # the producer owns (and closes) what it is given
     with Producer(address, buffers=dups) as producer:
