@@ -30,6 +30,8 @@ import termios
 import time
 from collections.abc import Callable
 
+from bench_ioctl import _Owned as Owned  # the least an fd-owning object can be
+
 import pydmabuf
 from pydmabuf.backends import get_backend
 from pydmabuf.buffer import new_buffer
@@ -108,21 +110,6 @@ def main() -> int:
         from_fd = pydmabuf.Buffer.from_fd
         for _ in range(n):
             from_fd(stand_in, own=False).close()
-
-    class Owned:  # the least an fd-owning object can be (as in bench_ioctl's thin column)
-        __slots__ = ("fd",)
-
-        def __init__(self, fd: int) -> None:
-            self.fd = fd
-
-        def close(self) -> None:
-            fd, self.fd = self.fd, -1
-            if fd >= 0:
-                close(fd)
-
-        def __del__(self) -> None:
-            if self.fd >= 0:
-                close(self.fd)
 
     class Thin:  # the same stand-in calls behind the thinnest API: a bracket, methods, a property
         def __enter__(self) -> Thin:
