@@ -178,11 +178,32 @@ def _run_close_hooks(holder: FdHolder) -> None:
         hook()
 
 
-__all__ = ["FdHolder", "add_close_hook", "as_fd", "dup_cloexec", "finish", "hold", "hold_append", "hold_remove",
-           "pickled_fd", "release", "remove_close_hook", "unpickled_fd"]
+__all__ = [
+    "FdHolder",
+    "FdLike",
+    "HasFileno",
+    "add_close_hook",
+    "as_fd",
+    "dup_cloexec",
+    "finish",
+    "hold",
+    "hold_append",
+    "hold_remove",
+    "pickled_fd",
+    "release",
+    "remove_close_hook",
+    "unpickled_fd",
+]
 
 
 FD_MAX = 2**31 - 1
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+FdLike = int | HasFileno  # what from_fd and friends accept: an fd or anything with fileno()
 
 
 def as_fd(obj: object) -> int:

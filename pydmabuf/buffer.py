@@ -24,6 +24,7 @@ from types import TracebackType
 from ._fd import (
     DupFdLike,
     FdHolder,
+    FdLike,
     add_close_hook,
     as_fd,
     dup_cloexec,
@@ -138,6 +139,27 @@ def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     return buf
 
 
+def _classified(fd: int, new: int, st: os.stat_result | None, found: Backend | None, size: int,
+                backend: str | Backend | None) -> tuple[Backend, int]:
+    """from_fd's slow half: what ``new`` (``fd`` or the dup of it) is, beyond a dma-buf
+    filesystem seen before, checked against the ``backend`` the caller expects. Errors
+    name the caller's number ``fd``."""
+    if found is None:
+        try:
+            found, size = buffer_backend(new)
+        except Error:
+            if new != fd:
+                buffer_backend(fd)  # the same complaint, naming the caller's number
+            raise
+        if st is not None and DMA_BUF_DEVS.get(st.st_dev) and found.name == "kernel":
+            _KERNEL_BY_DEV[st.st_dev] = found
+    if backend is not None and get_backend(backend) is not found:
+        what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
+        raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
+                      f"{' (not a dma-buf)' if found.name != 'kernel' else ''}")
+    return found, size
+
+
 def buffer_parts(buf: Buffer) -> tuple[Backend, int, int]:
     """(backend, size, offset of the buffer inside its fd): what sharing, waiting and
     the channel need beyond the public API (the offset is non-zero only for fallback
@@ -175,31 +197,40 @@ class Buffer(FdHolder):
         self._access: CpuAccess | None = None
 
     @classmethod
-    def from_fd(cls, fd: int, *, own: bool = True, backend: str | Backend | None = None) -> Buffer:
+    def from_fd(cls, fd: FdLike, *, own: bool = True, backend: str | Backend | None = None) -> Buffer:
         """Wrap an existing buffer fd: any dma-buf (kernel semantics, whatever exported
         it) or a fallback memfd sealed against shrinking (fallback semantics).
         ``backend`` only double-checks which one you expect. ``own=False`` dups it and
         leaves your fd alone."""
         if type(fd) is not int or fd < 0:
             fd = as_fd(fd)
+        new = fd
+        if not own:
+            # Dup first, then look at the dup: a number that the caller's other threads
+            # close and reuse meanwhile can't pair one file's size with another's fd.
+            try:
+                new = dup_cloexec(fd)
+            except (OSError, OverflowError) as exc:
+                buffer_backend(fd)  # the library's error for what fd is, if it is the cause
+                raise error(getattr(exc, "errno", None) or E.EBADF, f"dup of fd {fd}") from None
         st: os.stat_result | None
         try:  # the common case inline: one fstat shows a dma-buf filesystem seen before
-            st = _fstat(fd)
+            st = _fstat(new)
             found = _KERNEL_BY_DEV.get(st.st_dev) if not st.st_mode & 0o170000 else None
             size = st.st_size
         except (OSError, OverflowError):
             st = found = None
-        if found is None:
-            found, size = buffer_backend(fd)  # everything else, and the errors
-            if st is not None and DMA_BUF_DEVS.get(st.st_dev) and found.name == "kernel":
-                _KERNEL_BY_DEV[st.st_dev] = found
-        if backend is not None and get_backend(backend) is not found:
-            what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
-            raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
-                          f"{' (not a dma-buf)' if found.name != 'kernel' else ''}")
+            size = 0
+        if found is None or backend is not None:
+            try:
+                found, size = _classified(fd, new, st, found, size, backend)
+            except BaseException:
+                if new != fd:
+                    os.close(new)
+                raise
         buf = _new(Buffer)  # hot path: no __init__ frame
-        fd = buf._fd = fd if own else dup_cloexec(fd)
-        buf._cell = [fd]
+        buf._fd = new
+        buf._cell = [new]
         buf._size = size
         buf._offset = 0
         buf._backend = found

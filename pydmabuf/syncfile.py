@@ -6,7 +6,7 @@ import os
 import select
 from collections.abc import Callable, Iterable
 
-from ._fd import DupFdLike, FdHolder, as_fd, dup_cloexec, hold, pickled_fd, release, unpickled_fd
+from ._fd import DupFdLike, FdHolder, FdLike, as_fd, dup_cloexec, hold, pickled_fd, release, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
 from .errors import check_name, closed, invalid
 from .info import FenceInfo, SyncFileInfo
@@ -49,7 +49,7 @@ class SyncFile(FdHolder):
         self._backend = backend
 
     @classmethod
-    def from_fd(cls, fd: int, *, own: bool = True, backend: str | Backend | None = None) -> SyncFile:
+    def from_fd(cls, fd: FdLike, *, own: bool = True, backend: str | Backend | None = None) -> SyncFile:
         """Wrap an existing fence fd: a sync_file (kernel semantics) or a fallback fence.
         ``backend`` only double-checks which one you expect. ``own=False`` dups it and
         leaves yours alone."""

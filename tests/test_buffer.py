@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -145,6 +146,39 @@ def test_from_fd_rejects_non_buffers() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_from_fd_borrowing_a_non_buffer_names_the_callers_fd_and_closes_its_dup() -> None:
+    # own=False dups first and looks at the dup (a number reused meanwhile can't pair one
+    # file's size with another's fd); a refusal still names the caller's number.
+    r, w = os.pipe()
+    try:
+        before = open_fds()
+        with pytest.raises(pydmabuf.InvalidArgumentError, match=f"fd {r} "):
+            pydmabuf.Buffer.from_fd(r, own=False)
+        with pytest.raises(pydmabuf.InvalidArgumentError, match=f"fd {r} "):
+            pydmabuf.Buffer.from_fd(r, own=False, backend="kernel")
+        assert open_fds() == before
+        os.close(r)
+        with pytest.raises(pydmabuf.Error) as exc:
+            pydmabuf.Buffer.from_fd(r, own=False)
+        assert exc.value.errno == errno.EBADF
+        assert open_fds() == before - 1
+    finally:
+        for fd in (r, w):
+            with contextlib.suppress(OSError):  # r is closed above unless an assertion failed
+                os.close(fd)
+
+
+def test_from_fd_borrowing_checks_the_expected_backend(heap: pydmabuf.Heap) -> None:
+    other = "fallback" if BACKEND == "kernel" else "kernel"
+    with heap.allocate(4096) as buf:
+        before = open_fds()
+        with pytest.raises(pydmabuf.InvalidArgumentError, match=f"fd {buf.fileno()} is"):
+            pydmabuf.Buffer.from_fd(buf.fileno(), own=False, backend=other)
+        assert open_fds() == before
+        with pydmabuf.Buffer.from_fd(buf.fileno(), own=False, backend=BACKEND) as same:
+            assert same.backend == BACKEND and same.size == 4096
 
 
 def test_from_fd_rejects_closed_fd() -> None:
