@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno as E
 import os
 import select
 from collections.abc import Callable, Iterable
 
 from ._fd import DupFdLike, FdHolder, FdLike, as_fd, dup_cloexec, hold, pickled_fd, release, unpickled_fd
 from .backends import Backend, fence_backend, get_backend
-from .errors import check_name, closed, invalid
+from .errors import Error, check_name, closed, error, invalid
 from .info import FenceInfo, SyncFileInfo
 from .uapi import wait as _wait
 
@@ -25,6 +26,20 @@ def _rebuild_sync_file(dupfd: DupFdLike, backend: str) -> SyncFile:
         os.close(fd)
         raise
     return new_sync_file(fd, found)
+
+
+def _expected(fd: int, new: int, backend: str | Backend | None) -> Backend:
+    """The backend for fence ``new`` (``fd`` or the dup of it), checked against the
+    one the caller expects; errors name the caller's number ``fd``."""
+    try:
+        found = fence_backend(new)
+    except Error:
+        if new != fd:
+            fence_backend(fd)  # the same complaint, naming the caller's number
+        raise
+    if backend is not None and get_backend(backend) is not found:
+        raise invalid(f"fd {fd} is a {found.name} fence, not a {get_backend(backend).name} one")
+    return found
 
 
 def new_sync_file(fd: int, backend: Backend) -> SyncFile:
@@ -54,10 +69,20 @@ class SyncFile(FdHolder):
         ``backend`` only double-checks which one you expect. ``own=False`` dups it and
         leaves yours alone."""
         fd = as_fd(fd)
-        found = fence_backend(fd)
-        if backend is not None and get_backend(backend) is not found:
-            raise invalid(f"fd {fd} is a {found.name} fence, not a {get_backend(backend).name} one")
-        return new_sync_file(fd if own else dup_cloexec(fd), found)
+        if own:
+            return new_sync_file(fd, _expected(fd, fd, backend))
+        # Dup first, then look at the dup: a number that the caller's other threads close
+        # and reuse meanwhile can't pass one file's check and hand over another.
+        try:
+            new = dup_cloexec(fd)
+        except OSError as exc:
+            fence_backend(fd)  # the library's error for what fd is, if it is the cause
+            raise error(exc.errno or E.EBADF, f"dup of fd {fd}") from None
+        try:
+            return new_sync_file(new, _expected(fd, new, backend))
+        except BaseException:
+            os.close(new)
+            raise
 
     @classmethod
     def from_pid(cls, pid: int, fd: int, *, backend: str | Backend | None = None) -> SyncFile:

@@ -185,6 +185,24 @@ def test_from_fd_checks_type(timeline: pydmabuf.Timeline) -> None:
         assert other.signaled
 
 
+def test_from_fd_borrowing_refusals_name_the_callers_fd_and_close_the_dup(timeline: pydmabuf.Timeline) -> None:
+    other = "fallback" if BACKEND == "kernel" else "kernel"
+    r, w = os.pipe()
+    with timeline.fence(1) as fence:
+        before = open_fds()
+        with pytest.raises(pydmabuf.InvalidArgumentError, match=f"fd {r} "):
+            pydmabuf.SyncFile.from_fd(r, own=False)
+        with pytest.raises(pydmabuf.InvalidArgumentError, match=f"fd {fence.fileno()} is"):
+            pydmabuf.SyncFile.from_fd(fence.fileno(), own=False, backend=other)
+        assert open_fds() == before
+        os.close(r)
+        os.close(w)
+        with pytest.raises(pydmabuf.Error) as exc:
+            pydmabuf.SyncFile.from_fd(r, own=False)
+        assert exc.value.errno == errno.EBADF
+        assert open_fds() == before - 2
+
+
 def test_dup_shares_the_fence(timeline: pydmabuf.Timeline) -> None:
     with timeline.fence(1) as fence, fence.dup() as copy:
         timeline.signal(1)
