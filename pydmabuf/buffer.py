@@ -43,9 +43,10 @@ from .errors import READONLY_MAP_HINT, Error, check_name, closed, error, invalid
 from .info import BufferInfo
 from .syncfile import SyncFile
 from .uapi.fdkind import DMA_BUF_DEVS
+from .uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE
 from .uapi.wait import deadline
 
-READ, WRITE, END = 1, 2, 4  # DMA_BUF_SYNC_* bits
+READ, WRITE, END = SYNC_READ, SYNC_WRITE, SYNC_END
 _fstat = os.fstat
 # st_dev of the dma-buf filesystem -> the kernel backend, filled when from_fd first
 # meets it: then the common from_fd is one fstat and one dict lookup.

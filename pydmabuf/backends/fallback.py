@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ..errors import closed, error, timed_out, unsupported
 from ..uapi import memfd as _memfd
 from ..uapi import wait as _wait
-from ..uapi.ops import dup_cloexec
+from ..uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, dup_cloexec
 from . import fallback_fences as fences
 from ._reactor import reactor
 from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource
@@ -29,7 +29,7 @@ HEAPS = ("system",)
 SIZE_LIMIT = 64 << 20  # udmabuf's default size_limit_mb
 LIST_LIMIT = 1024  # udmabuf's default list_limit
 NAME_XATTR = "user.pydmabuf.name"
-_READ, _WRITE, _END = 1, 2, 4
+_READ, _WRITE, _END = SYNC_READ, SYNC_WRITE, SYNC_END
 
 
 def merged_fence(inputs: list[int]) -> int:

@@ -78,6 +78,8 @@ UDMABUF_ARG = _packed("=IIQQ", "struct udmabuf_create")
 
 _fioctl = fcntl.ioctl
 _SYNC = _ffi.DMA_BUF_IOCTL_SYNC
+# DMA_BUF_SYNC_* flag bits (START is 0), also the direction bits of EXPORT/IMPORT_SYNC_FILE.
+SYNC_READ, SYNC_WRITE, SYNC_END = lib.DMA_BUF_SYNC_READ, lib.DMA_BUF_SYNC_WRITE, lib.DMA_BUF_SYNC_END
 # The kernel only reads this struct: one packed argument per valid flag value.
 _SYNC_ARGS = {flags: SYNC_ARG.pack(flags) for flags in range(1, 8) if flags & 3}
 
