@@ -7,7 +7,8 @@ cheap syscall of the same call shape, so the ratio to hand-written Python shows 
 pydmabuf adds:
 
 - cpu_access: SYNC START/END -> fcntl.ioctl(FIONREAD) on a pipe, twice
-- export_sync_file + close: EXPORT_SYNC_FILE -> fcntl.ioctl(FIONREAD), dup, close
+- export_sync_file + close: EXPORT_SYNC_FILE (one call that returns a new fd) ->
+  fcntl.fcntl(F_DUPFD_CLOEXEC) on the pipe, then close
 - signaled: poll(0) on a ready eventfd (the same poll either way)
 - from_fd(own=False) + close: dup + fstat + close; the eventfd's anonymous-inode
   filesystem stands in for the dma-buf one
@@ -59,11 +60,9 @@ def main() -> int:
     # The kernel backend's calls, pointed at the stand-in syscall.
     kernel.sync_call = lambda flags: (fcntl.ioctl, FIONREAD, arg4, arg4)  # type: ignore[method-assign,assignment,return-value]
 
-    def stand_in_export(fd: int, flags: int) -> int:
-        fcntl.ioctl(fd, FIONREAD, arg4)
-        return os.dup(fd)
-
-    kernel.export_sync_file = stand_in_export  # type: ignore[method-assign]
+    # fcntl.fcntl has ioctl's call shape and F_DUPFD_CLOEXEC returns a new fd, as the
+    # export does; (2**31).__rdivmod__ turns that fd into the (flags, fd) pair unpack gives.
+    kernel.export_call = (fcntl.fcntl, fcntl.F_DUPFD_CLOEXEC, {3: 0}, (2**31).__rdivmod__)  # type: ignore[assignment]
     _fdkind.DMA_BUF_DEVS[os.fstat(stand_in).st_dev] = True
     buf = new_buffer(os.dup(pipe_r), 4096, kernel)
     fence = pydmabuf.SyncFile(os.dup(stand_in), kernel)
@@ -81,10 +80,11 @@ def main() -> int:
             with buf.cpu_access():
                 pass
 
+    dupfd, F_DUPFD_CLOEXEC = fcntl.fcntl, fcntl.F_DUPFD_CLOEXEC
+
     def hand_export(n: int) -> None:
         for _ in range(n):
-            ioctl(pipe_r, FIONREAD, arg4)
-            close(dup(pipe_r))
+            close(dupfd(pipe_r, F_DUPFD_CLOEXEC, 0))
 
     def lib_export(n: int) -> None:
         export = buf.export_sync_file
@@ -123,8 +123,7 @@ def main() -> int:
             return self
 
         def export_sync_file(self) -> Owned:
-            ioctl(pipe_r, FIONREAD, arg4)
-            return Owned(dup(pipe_r))
+            return Owned(dupfd(pipe_r, F_DUPFD_CLOEXEC, 0))
 
         @property
         def signaled(self) -> bool:

@@ -348,7 +348,13 @@ class Buffer(FdHolder):
             if fd < 0:
                 raise closed("Buffer")
             backend = self._backend
-            new = backend.export_sync_file(fd, flags)
+            call, request, args, unpack = backend.export_call
+            try:  # the ioctl itself, no frame around it (see Backend.export_call)
+                new = unpack(call(fd, request, args[flags]))[1]
+            except OSError as exc:
+                if isinstance(exc, Error):
+                    raise
+                new = backend.export_sync_file(fd, flags)  # EINTR again, or the typed error
         finally:
             hold_remove(self)  # _release, inlined on this hot path
             if self._fd < 0:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 # Plain values cross this interface; the public layer builds its info objects.
 BufferFacts = tuple[int, str, "str | None", int, int]  # size, exporter, name, inode, count
 FenceFacts = tuple[str, str, int, int]  # obj_name, driver_name, status, timestamp_ns
 
 Range = tuple[int, int, int]  # (memfd, offset, size)
+ExportCall = tuple[Callable[[int, int, object], object], int, dict[int, object], Callable[[Any], tuple[int, int]]]
 
 
 class TimelineSource(ABC):
@@ -107,6 +109,12 @@ class Backend(ABC):
 
     @abstractmethod
     def export_sync_file(self, fd: int, flags: int) -> int: ...
+
+    # EXPORT_SYNC_FILE as plain values, like ``sync_call``, for Buffer.export_sync_file:
+    # (a callable with fcntl.ioctl's signature, the request, its argument per direction
+    # flags, and unpack, which turns the call's result into (flags, new fd)). A raw
+    # OSError from the call is retried through ``export_sync_file``.
+    export_call: ExportCall
 
     @abstractmethod
     def import_sync_file(self, fd: int, sync_fd: int, flags: int) -> None: ...

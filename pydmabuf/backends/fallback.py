@@ -122,6 +122,8 @@ class FallbackBackend(Backend):
     exporter = EXPORTER
 
     def __init__(self) -> None:
+        # ioctl-shaped, as the kernel's: the "argument" is the flags, the result (flags, fd).
+        self.export_call = (self._export_as_ioctl, 0, {flags: flags for flags in (1, 2, 3)}, tuple)
         self._lock = threading.Lock()
         self._state: dict[tuple[int, int], _Implicit] = {}
         self._names: dict[tuple[int, int], str] = {}  # where xattrs are unsupported
@@ -310,6 +312,10 @@ class FallbackBackend(Backend):
             out = merged_fence([f.fd for f in self._pending(state, bool(flags & _WRITE))])
             self._release_state(key, state)
             return out
+
+    def _export_as_ioctl(self, fd: int, _request: int, flags: object) -> tuple[int, int]:
+        assert isinstance(flags, int)
+        return flags, self.export_sync_file(fd, flags)
 
     def import_sync_file(self, fd: int, sync_fd: int, flags: int) -> None:
         if not flags or flags & ~(_READ | _WRITE):

@@ -83,6 +83,7 @@ class KernelBackend(Backend):
         return _ops.heap_allocator(O_RDWR_CLOEXEC, _ALLOC_HINTS.get(heap_name, _CMA_HINTS))
 
     export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
+    export_call = _ops.dma_buf_export_sync_file_call()
 
     def _udmabuf_dev(self) -> int:
         """/dev/udmabuf, opened once and kept: opening it per buffer cost more than the

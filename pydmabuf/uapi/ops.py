@@ -15,6 +15,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import ENOTTY_HINTS, error
 from . import ffi as _ffi
@@ -117,6 +118,14 @@ _EXPORT = _ffi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
 # EXPORT_SYNC_FILE's input is only the flags: one packed argument per flag value.
 _EXPORT_ARGS = {flags: EXPORT_ARG.pack(flags, -1) for flags in (1, 2, 3)}
 _unpack_export = EXPORT_ARG.unpack
+
+
+def dma_buf_export_sync_file_call() -> tuple[Callable[[int, int, object], object], int, dict[int, object],
+                                              Callable[[Any], tuple[int, int]]]:
+    """EXPORT_SYNC_FILE as (fcntl.ioctl, request, packed argument per flags, unpack to
+    (flags, fd)): what Buffer.export_sync_file calls with no Python frame around the
+    ioctl. A raw OSError from it is retried through ``dma_buf_export_sync_file``."""
+    return _ioctl_call, _EXPORT, dict(_EXPORT_ARGS), _unpack_export
 
 
 def dma_buf_export_sync_file(fd: int, flags: int) -> int:
