@@ -44,7 +44,9 @@ import select
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pydmabuf
 from pydmabuf.allocator import Allocator
@@ -302,54 +304,55 @@ def allocate_frames(granted: Negotiated, count: int) -> tuple[list[Frame], str]:
     sizes, planes = granted.layout()
     width, height, fmt = granted.width, granted.height, granted.format
     align = min(planes[0].pitch & -planes[0].pitch, 4096)
-    frames: list[Frame] = []
     with Allocator() as allocator:
-        try:
-            first = allocate_frame(width, height, fmt, separate_planes=len(sizes) > 1, allocator=allocator,
-                                   name="v4l2-capture", pitch_align=align)
-            fits = first.planes == tuple(planes) and all(o.size >= s for o, s in zip(first.objects, sizes, strict=True))
-            if fits:
-                frames.append(first)
-                how = f"allocate_frame(pitch_align={align})"
-            else:
-                first.close()
-                how = "the driver's sizeimage, pitches and offsets"
-            while len(frames) < count:
-                if fits:
-                    frames.append(allocate_frame(width, height, fmt, separate_planes=len(sizes) > 1,
-                                                 allocator=allocator, name="v4l2-capture", pitch_align=align))
-                    continue
-                objects: list[pydmabuf.Buffer] = []
-                try:
-                    for size in sizes:
-                        objects.append(allocator.allocate(size, name="v4l2-capture"))
-                    frames.append(Frame(width, height, fmt, objects, planes))
-                except BaseException:
-                    for obj in objects:
-                        obj.close()
-                    raise
-        except BaseException:
-            for frame in frames:
-                frame.close()
-            raise
+        first = allocate_frame(width, height, fmt, separate_planes=len(sizes) > 1, allocator=allocator,
+                               name="v4l2-capture", pitch_align=align)
+        if first.planes == tuple(planes) and all(o.size >= s for o, s in zip(first.objects, sizes, strict=True)):
+            how = f"allocate_frame(pitch_align={align})"
+
+            def make(index: int) -> Frame:
+                return first if index == 0 else allocate_frame(
+                    width, height, fmt, separate_planes=len(sizes) > 1, allocator=allocator,
+                    name="v4l2-capture", pitch_align=align)
+        else:
+            first.close()
+            how = "the driver's sizeimage, pitches and offsets"
+
+            def make(index: int) -> Frame:
+                return frame_over(granted, planes, [partial(allocator.allocate, size, name="v4l2-capture")
+                                                    for size in sizes])
+        frames = collect(count, make)
+        if not frames:
+            first.close()  # count 0: never handed out
         return frames, f"{how}, from {allocator.last_provider}"
 
 
 def export_frames(camera: Camera, granted: Negotiated, count: int) -> list[Frame]:
     """The driver's MMAP buffers, each plane exported with VIDIOC_EXPBUF, as Frames."""
     sizes, planes = granted.layout()
+    return collect(count, lambda index: frame_over(
+        granted, planes, [partial(camera.export, index, plane) for plane in range(len(sizes))]))
+
+
+def frame_over(granted: Negotiated, planes: list[Plane], makers: list[Callable[[], pydmabuf.Buffer]]) -> Frame:
+    """A Frame over one new buffer from each of ``makers``; those made are closed if one fails."""
+    objects: list[pydmabuf.Buffer] = []
+    try:
+        for make in makers:
+            objects.append(make())
+        return Frame(granted.width, granted.height, granted.format, objects, planes)
+    except BaseException:
+        for obj in objects:
+            obj.close()
+        raise
+
+
+def collect(count: int, make: Callable[[int], Frame]) -> list[Frame]:
+    """``make(0)``, ..., ``make(count - 1)``; the frames made are closed if one fails."""
     frames: list[Frame] = []
     try:
         for index in range(count):
-            objects = []
-            try:
-                for plane in range(len(sizes)):
-                    objects.append(camera.export(index, plane))
-                frames.append(Frame(granted.width, granted.height, granted.format, objects, planes))
-            except BaseException:
-                for obj in objects:
-                    obj.close()
-                raise
+            frames.append(make(index))
     except BaseException:
         for frame in frames:
             frame.close()
