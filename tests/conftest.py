@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +21,18 @@ BACKEND = pydmabuf.backend
 IN_VM = bool(os.environ.get("PYDMABUF_IN_VM"))
 # Inside the real-kernel VM: no nested VM, and no package index to build wheels with.
 collect_ignore = ["test_real_kernel.py", "test_packaging.py"] if IN_VM else []
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script that is not a package module (an example, a benchmark, a generator),
+    imported from its file. It stays registered in sys.modules under ``name``:
+    dataclasses and NamedTuples look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def open_fds() -> int:

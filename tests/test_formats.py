@@ -3,13 +3,12 @@ and the generator's C-macro expansion on a small synthetic kernel tree."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_script
 
 import pydmabuf
 from pydmabuf import formats
@@ -225,15 +224,7 @@ def test_kernel_version_recorded() -> None:
 
 # --- the generator, on a synthetic tree -----------------------------------------------
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_drm_formats", ROOT / "tools" / "gen_drm_formats.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_drm_formats"] = module  # NamedTuple needs its module registered
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["gen_drm_formats"]
-    return module
+    return load_script(ROOT / "tools" / "gen_drm_formats.py", "gen_drm_formats")
 
 
 FAKE_HEADER = r"""

@@ -9,14 +9,13 @@ reported by a skip; every name the installed header has must be in the table.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from pydmabuf import interop
 from pydmabuf.uapi import drm_formats as _drm_formats
@@ -100,14 +99,7 @@ def test_interop_constants_match_headers(compiled: dict[str, int]) -> None:
 def test_table_covers_the_installed_header() -> None:
     if not HEADER_DIRS:
         pytest.skip("no drm_fourcc.h (install libdrm-dev)")
-    spec = importlib.util.spec_from_file_location("gen_drm_formats", ROOT / "tools" / "gen_drm_formats.py")
-    assert spec is not None and spec.loader is not None
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules["gen_drm_formats"] = gen
-    try:
-        spec.loader.exec_module(gen)
-    finally:
-        del sys.modules["gen_drm_formats"]
+    gen = load_script(ROOT / "tools" / "gen_drm_formats.py", "gen_drm_formats")
     macros = gen.parse_defines(Path(HEADER_DIRS[0], "drm_fourcc.h").read_text())
     formats = {name[len("DRM_FORMAT_"):] for name in macros
                if name.startswith("DRM_FORMAT_") and gen.uses(name, "fourcc_code", macros)}

@@ -9,17 +9,14 @@ fd count comes back to where it started and RSS stays flat after a warm-up.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import resource
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from _procs import fork, join
-from conftest import BACKEND, IN_VM, needs_timeline, open_fds
+from conftest import BACKEND, IN_VM, load_script, needs_timeline, open_fds
 
 import pydmabuf
 
@@ -33,17 +30,7 @@ RSS_GROWTH_LIMIT = 8 << 20  # generous: a per-buffer leak of 400 bytes would sho
 FD_BACKLOG_LIMIT = 256
 
 
-def _load_soak() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
-    spec = importlib.util.spec_from_file_location("pydmabuf_soak", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
+soak = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py", "pydmabuf_soak")
 
 
 @needs_timeline

@@ -13,17 +13,15 @@ between allocate_frame and the driver's own layout are tested everywhere.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import IN_VM
+from conftest import IN_VM, load_script
 
 import pydmabuf
 from pydmabuf.frame import Plane
@@ -35,16 +33,7 @@ NO_DEVICE = ("no V4L2 capture device here (the real-kernel tier loads vivid with
              "and a multi-planar instance)")
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("v4l2_capture_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _load_example()
+example = load_script(EXAMPLE, "v4l2_capture_example")
 
 
 def capture_nodes() -> dict[str, str]:
