@@ -4,3 +4,4 @@ long syscall(long number, ...);
 int fstatfs(int fd, void *buf);
 long recv(int sockfd, void *buf, size_t len, int flags);
 long send(int sockfd, const void *buf, size_t len, int flags);
+int statx(int dirfd, const char *pathname, int flags, unsigned int mask, void *statxbuf);

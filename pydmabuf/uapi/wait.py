@@ -21,7 +21,10 @@ from ..errors import error, invalid, timed_out
 
 POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT
-_BAD = select.POLLNVAL | select.POLLERR
+_BAD = select.POLLNVAL  # the number is not an open fd
+# A hang-up, or a reset (POLLERR: a socket's peer went away with data unread): the
+# event can never come. Only sockets (fallback fences) report these.
+_HUP = select.POLLHUP | select.POLLERR
 _MAX_MS = 2**31 - 1  # poll(2)'s int timeout
 _MAX_S = _MAX_MS / 1000
 _monotonic = time.monotonic
@@ -97,5 +100,10 @@ def _check(result: list[tuple[int, int]], events: int) -> bool:
         if revents & _BAD:
             raise error(E.EBADF, "poll: the fd was closed or is invalid")
         if revents & events:
+            return True
+        if revents & _HUP:
+            # Hung up without the event: it can never come, and poll() would report the
+            # hang-up again at once, for ever (a spin). Done: the status says how it
+            # ended (a fallback fence: OWNER_GONE).
             return True
     return False
