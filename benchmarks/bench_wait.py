@@ -1,6 +1,7 @@
 """Fence wakeup latency: pydmabuf's waits next to a C poll()/epoll baseline, same run.
 
-A forked child signals one fence per round (after DELAY, so the parent is already
+A forked child (which makes the Timeline and sends its fences: only a Timeline's
+maker signals it) signals one fence per round (after DELAY, so the parent is already
 asleep); the latency is the parent's CLOCK_MONOTONIC return time minus the fence's
 own signal timestamp (``info()``; the C baseline's child writes its clock into the
 eventfd the same way). The other N-1 fences never signal. "call" is the cost of
@@ -8,7 +9,7 @@ one call when a fence is already signaled (setup and teardown included).
 
     python benchmarks/bench_wait.py [--rounds R] [--counts 1,16,256,1024]
 
-Fences come from Timeline: eventfds on the fallback backend, vgem fences on a kernel
+Fences come from Timeline: socketpair fences on the fallback backend, vgem fences on a kernel
 (which expire after ~10 s, so keep R small in a slow VM).
 """
 
@@ -19,6 +20,7 @@ import asyncio
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,15 +36,23 @@ HERE = Path(__file__).resolve().parent
 Row = tuple[str, int, float, float, float, int]  # what, n, median us, p90 us, call us, missed
 
 
-def child_signals(timeline: pydmabuf.Timeline, go: int, rounds: int, delay: float) -> None:
-    """In the child: per byte received, sleep ``delay`` then signal the next point."""
+def child_signals(sock: socket.socket, go: int, rounds: int, delay: float) -> None:
+    """In the child: make the Timeline (only its maker signals it) and the round's
+    fences, send them to the parent, then per byte received sleep ``delay`` and
+    signal the next point."""
     code = 1
     try:
-        for r in range(rounds):
-            if not os.read(go, 1):
-                break
-            time.sleep(delay)
-            timeline.signal(r + 1)
+        with pydmabuf.Timeline() as timeline:
+            fences = [timeline.fence(r + 1) for r in range(rounds)]
+            for start in range(0, rounds, pydmabuf.share.MAX_OBJECTS):
+                pydmabuf.send(sock, *fences[start:start + pydmabuf.share.MAX_OBJECTS])
+            for fence in fences:
+                fence.close()
+            for r in range(rounds):
+                if not os.read(go, 1):
+                    break
+                time.sleep(delay)
+                timeline.signal(r + 1)
         code = 0
     finally:
         os._exit(code)
@@ -54,14 +64,19 @@ def measure(what: str, n: int, rounds: int, delay: float,
     """``wait(active)`` blocks until round r's fence signals; run it ``rounds`` times.
     ``after(active)`` (untimed) tidies up each round."""
     with ExitStack() as stack:
-        active_tl = stack.enter_context(pydmabuf.Timeline())
-        actives = [stack.enter_context(active_tl.fence(r + 1)) for r in range(rounds)]
         go_r, go_w = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             os.close(go_w)
-            child_signals(active_tl, go_r, rounds, delay)
+            ours.close()
+            child_signals(theirs, go_r, rounds, delay)
         os.close(go_r)
+        theirs.close()
+        with ours:
+            actives: list[pydmabuf.SyncFile] = []
+            while len(actives) < rounds:
+                actives += [stack.enter_context(f) for f in pydmabuf.recv(ours, timeout=60)]  # type: ignore[misc]
         lat, missed = [], 0
         try:
             for fence in actives:

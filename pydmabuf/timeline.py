@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno as E
 from types import TracebackType
 
 from .backends import Backend, TimelineSource, get_backend
-from .errors import closed, invalid
+from .errors import Error, closed, error, invalid
 from .syncfile import SyncFile, new_sync_file
 
 
@@ -17,6 +18,13 @@ class Timeline:
     backend: sw_sync where debugfs has it, otherwise vgem (real DRM fences; vgem signals
     them itself after ~10 s, so signal well before). ``kind`` says which. Closing
     signals every pending fence.
+
+    Only the process that made a Timeline signals its fences: when it dies, they
+    signal (fallback and sw_sync with -ENOENT, vgem with status 1), also in processes
+    it forked. A forked child closes its copies of the Timeline's fds at once (they
+    would keep the fences pending while it lives) and its copy is closed: ``closed``
+    is True, ``fence()`` and ``signal()`` raise ClosedError saying so, ``close()`` does
+    nothing. A child that should signal fences makes its own Timeline and sends them.
     """
 
     __slots__ = ("_source", "_backend", "_value")
@@ -42,7 +50,14 @@ class Timeline:
 
     def fence(self, point: int) -> SyncFile:
         _check_point(point)
-        return new_sync_file(self._src().fence(point), self._backend)
+        source = self._src()
+        try:
+            fd = source.fence(point)
+        except OSError as exc:  # e.g. EMFILE from the fallback's socketpair: the library's error
+            if isinstance(exc, Error):
+                raise
+            raise error(exc.errno or E.EIO, f"Timeline.fence({point})") from None
+        return new_sync_file(fd, self._backend)
 
     def signal(self, point: int | None = None) -> None:
         """Advance to ``point`` (default: value + 1); never moves backwards."""
@@ -58,7 +73,8 @@ class Timeline:
 
     @property
     def closed(self) -> bool:
-        return self._source is None
+        """True once closed, and in a forked child (see the class docstring)."""
+        return self._source is None or getattr(self._source, "forked", False)
 
     def __enter__(self) -> Timeline:
         return self
@@ -73,7 +89,7 @@ class Timeline:
                 self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._source is None else f"kind={self._source.kind}"
+        state = "closed" if self.closed or self._source is None else f"kind={self._source.kind}"
         return f"<Timeline value={self._value} {state}>"
 
 

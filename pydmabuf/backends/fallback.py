@@ -11,24 +11,28 @@ What cannot be emulated is listed in the README.
 from __future__ import annotations
 
 import errno as E
+import fcntl
 import os
 import select
 import threading
 from collections.abc import Callable
 
-from ..errors import closed, error, timed_out, unsupported
+from ..errors import error, timed_out, unsupported
 from ..uapi import memfd as _memfd
 from ..uapi import wait as _wait
-from ..uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, dup_cloexec
+from ..uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, cached_identity, dup_cloexec
 from . import fallback_fences as fences
 from ._reactor import reactor
 from .base import Backend, BufferFacts, FenceFacts, Range, TimelineSource
+from .fallback_timelines import FallbackTimeline
 
 EXPORTER = "pydmabuf-fallback"
 HEAPS = ("system",)
 SIZE_LIMIT = 64 << 20  # udmabuf's default size_limit_mb
 LIST_LIMIT = 1024  # udmabuf's default list_limit
 NAME_XATTR = "user.pydmabuf.name"
+OWN_NAMES = 4096  # names set in this process, remembered here (see set_name)
+_BUFFER_MODE = 0o644  # see allocate
 _READ, _WRITE, _END = SYNC_READ, SYNC_WRITE, SYNC_END
 
 
@@ -75,46 +79,6 @@ class _Implicit:
         self.watches: list[object] = []  # the reactor's prune watches, cancelled by forget
 
 
-class FallbackTimeline(TimelineSource):
-    kind = "fallback"
-
-    def __init__(self) -> None:
-        self._value = 0
-        self._pending: list[tuple[int, int]] = []  # (point, signal end)
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def fence(self, point: int) -> int:
-        with self._lock:
-            if self._closed:
-                raise closed("Timeline")
-            if point <= self._value:
-                return fences.signaled_fence()
-            fd, signal_end = fences.new_fence()
-            self._pending.append((point, signal_end))
-            return fd
-
-    def signal(self, point: int) -> None:
-        with self._lock:
-            if self._closed:
-                raise closed("Timeline")
-            self._value = max(self._value, point)
-            keep = []
-            for entry in self._pending:
-                if entry[0] <= self._value:
-                    fences.signal(entry[1])
-                else:
-                    keep.append(entry)
-            self._pending = keep
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for _point, signal_end in self._pending:
-                fences.signal(signal_end)
-            self._pending = []
-
-
 # --- the backend ------------------------------------------------------------------
 
 class FallbackBackend(Backend):
@@ -127,6 +91,9 @@ class FallbackBackend(Backend):
         self._lock = threading.Lock()
         self._state: dict[tuple[int, int], _Implicit] = {}
         self._names: dict[tuple[int, int], str] = {}  # where xattrs are unsupported
+        # Names set in this process (oldest first, at most OWN_NAMES): buffer_name reads
+        # these before the file, so no other process holding the memfd renames it here.
+        self._own: dict[tuple[int, int], str] = {}
 
     # buffers ---------------------------------------------------------------------
     def heaps(self) -> list[str]:
@@ -140,8 +107,20 @@ class FallbackBackend(Backend):
 
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
         # Fixed size like a dma-buf: neither shrink nor grow.
-        return _memfd.sealed_memfd(f"pydmabuf:{heap_name}", _memfd.page_round(size),
-                                   _memfd.F_SEAL_SHRINK | _memfd.F_SEAL_GROW)
+        fd = _memfd.sealed_memfd(f"pydmabuf:{heap_name}", _memfd.page_round(size),
+                                 _memfd.F_SEAL_SHRINK | _memfd.F_SEAL_GROW)
+        try:
+            # Writable by its owner only. A memfd is born 0777, and setting xattrs (the
+            # name) or reopening /proc/self/fd/N read-write needs only write permission on
+            # the inode, whatever the fd's mode. So a process of another uid that was
+            # handed a read-only fd (a channel's consumer) can read the buffer and its
+            # name, and change nothing: no name, no xattr, no read-write reopen, hence no
+            # seals (F_ADD_SEALS needs a writable fd).
+            os.fchmod(fd, _BUFFER_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     udmabuf_keeps_offset = True  # the "udmabuf" is the memfd itself
 
@@ -167,14 +146,17 @@ class FallbackBackend(Backend):
 
     @staticmethod
     def _check_udmabuf_range(memfd: int, offset: int, size: int) -> None:
-        # The kernel's checks, in its order, with its errno values.
-        try:
-            st = os.fstat(memfd)
-        except OSError:
-            raise error(E.EBADFD, "UDMABUF_CREATE", "not an open memfd") from None
+        # The kernel's checks, in its order, with its errno values. F_GET_SEALS first: it
+        # is shmem's own answer (EINVAL elsewhere), where fstat of another file system's
+        # file (FUSE) would wait for its server.
         seals = _memfd.seals(memfd)
         if seals is None:
+            try:
+                fcntl.fcntl(memfd, fcntl.F_GETFD)
+            except (OSError, OverflowError, ValueError):
+                raise error(E.EBADFD, "UDMABUF_CREATE", "not an open memfd") from None
             raise error(E.EBADFD, "UDMABUF_CREATE", "each range needs a memfd (shmem) fd")
+        st = os.fstat(memfd)
         if not seals & _memfd.F_SEAL_SHRINK or seals & (_memfd.F_SEAL_WRITE | _memfd.F_SEAL_FUTURE_WRITE):
             raise error(E.EINVAL, "UDMABUF_CREATE",
                         "the memfd needs MFD_ALLOW_SEALING + F_SEAL_SHRINK and no write seal")
@@ -189,6 +171,10 @@ class FallbackBackend(Backend):
         return st.st_dev, st.st_ino
 
     def buffer_name(self, fd: int) -> str | None:
+        if self._own:
+            own = self._own.get(self._key(fd))
+            if own is not None:  # named here: what this process said, whatever the file says
+                return own
         try:
             return os.getxattr(fd, NAME_XATTR).decode("utf-8", "replace")
         except OSError as exc:
@@ -197,10 +183,20 @@ class FallbackBackend(Backend):
             return self._names.get(self._key(fd))
 
     def set_name(self, fd: int, name: bytes) -> None:
+        key = self._key(fd)
+        text = name.decode("utf-8", "replace")
+        with self._lock:
+            own = self._own
+            own.pop(key, None)
+            if len(own) >= OWN_NAMES:  # bounded: the oldest falls back to the file's xattr
+                del own[next(iter(own))]
+            own[key] = text
         try:
             os.setxattr(fd, NAME_XATTR, name)  # visible to every process holding the memfd
-        except OSError:
-            self._names[self._key(fd)] = name.decode("utf-8", "replace")
+        except OSError as exc:
+            if exc.errno in (E.ENOTSUP, E.EOPNOTSUPP):  # no tmpfs user xattrs: name travels in headers
+                self._names[key] = text
+            # EACCES/EPERM: another uid's buffer (see allocate): the name stays in this process.
 
     def local_name(self, fd: int) -> bytes:
         if not self._names:
@@ -391,9 +387,12 @@ def _own_references(inode: int) -> int:
     count = 0
     for name in os.listdir("/proc/self/fd"):
         try:
-            if os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+            # Our own fd N, asked with statx(AT_STATX_DONT_SYNC): stat() of the /proc link
+            # would ask the file system of every file this process holds, and a FUSE
+            # server that stops answering would hang us here.
+            if cached_identity(int(name))[1] == inode:
                 count += 1
-        except OSError:
+        except (OSError, ValueError):
             pass
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
         for line in f:
