@@ -1,9 +1,11 @@
 """Wait on many fences from asyncio while other tasks keep running.
 
 A "device" (a thread here) finishes frames out of order and signals each frame's
-fence; one consumer task per frame awaits its fence, a heartbeat task keeps
-ticking meanwhile, and a last task awaits one fence merged from all of them.
-Runs on either backend: eventfd fences on the fallback, vgem fences on a kernel.
+fence; one consumer task per frame awaits its fence, ``pydmabuf.aio.as_completed``
+reports the frames in the order they finish, a heartbeat task keeps ticking
+meanwhile, and a last task awaits one fence merged from all of them. Waiting adds
+no fd: the loop watches each fence's own fd, once for all its waiters.
+Runs on either backend: socketpair fences on the fallback, vgem fences on a kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 
 import pydmabuf
+import pydmabuf.aio
 
 FRAMES = 32
 
@@ -50,7 +53,9 @@ async def main() -> None:
     start = time.monotonic()
     thread.start()
     try:
-        await asyncio.gather(*(consume(i, f, finished) for i, f in enumerate(fences)))
+        consumers = asyncio.gather(*(consume(i, f, finished) for i, f in enumerate(fences)))
+        in_order = [f async for f in pydmabuf.aio.as_completed(fences, timeout=8)]
+        await consumers
         await everything.wait_async(timeout=8)
     finally:
         await asyncio.to_thread(thread.join)
@@ -62,6 +67,7 @@ async def main() -> None:
     print(f"{FRAMES} frames done in {took * 1000:.0f} ms, signal times span "
           f"{(max(stamps) - min(stamps)) / 1e6:.1f} ms; heartbeat ticked {beats} times meanwhile")
     assert sorted(finished) == list(range(FRAMES)) and beats > 0 and everything.signaled
+    assert sorted(fences.index(f) for f in in_order) == list(range(FRAMES))  # each once, as it finished
     everything.close()
     for fence in fences:
         fence.close()

@@ -16,17 +16,31 @@ protocol needs no lock, only operations CPython makes atomic:
 - close: set ``_fd`` to -1, then finish unless a hold is outstanding;
 - finish: pop the number out of the one-element ``_cell`` list, so exactly one of the
   racing closers and releasers calls ``os.close``.
+
+``detach()`` hands the number out, so it must be sure no operation uses it: it marks
+the object *detaching* (``_fd`` = -2: new holds back off as from a closed object)
+under a hold of its own, and then either no other hold is outstanding (the number is
+handed out) or one is (the mark is undone and detach refuses with EBUSY). Its own
+hold keeps a racing release or close() from closing the number meanwhile; a close()
+that finds the object detaching waits for the decision.
+
+Long waits that are not threads (an asyncio waiter) hold nothing while they sleep:
+they keep a close hook that is *busy* (``busy = True``). close() runs it before it
+decides, so the hook can take a hold (``hold_append``) for the waiter and give it
+back once the loop has stopped watching the number; detach() refuses while one is there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno as E
 import os
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from .errors import closed, invalid
+from .errors import closed, error, invalid
 from .uapi.ops import dup_cloexec
 
 _Self = TypeVar("_Self", bound="FdHolder")
@@ -42,6 +56,10 @@ hold_remove = _held.remove
 # nothing and close() pays one global truth test while there are none. Keyed by id(),
 # not the object, so a hook never keeps its object alive: the finalizer runs them too.
 _close_hooks: dict[int, list[Callable[[], None]]] = {}
+
+DETACHING = -2  # _fd while detach() decides (see the module docstring)
+# Serialises detach() with itself and with a close() that meets a detaching object.
+_detach_lock = threading.Lock()
 
 
 def hold(holder: FdHolder) -> int:
@@ -111,17 +129,46 @@ class FdHolder:
             except IndexError:
                 return
             os.close(fd)
+        elif self._fd == DETACHING:  # detach() in another thread decides: then close
+            with _detach_lock:
+                pass
+            self.close()
 
     def detach(self) -> int:
-        """Give up ownership: return the fd and leave this object closed."""
-        self.fileno()
-        self._fd = -1
-        if _close_hooks:  # the file lives on elsewhere: nothing to tear down, and an
-            _close_hooks.pop(id(self), None)  # entry must not outlive its id
-        try:
-            return self._cell.pop()
-        except IndexError:
-            raise closed(self._kind) from None
+        """Give up ownership: return the fd and leave this object closed.
+
+        Refused, with :class:`~pydmabuf.errors.Error` of errno EBUSY, while an
+        operation in another thread is inside this object (a ``cpu_access`` bracket,
+        a ``wait``) or a coroutine awaits it: the caller would get a number that the
+        operation still uses, and whatever the caller does with it (close it, send it)
+        would pull the file from under the operation. The object then stays open and
+        usable; detach again once the operation is done. (``close()`` needs no such
+        rule: it leaves the number to the last operation out.) An operation that
+        starts in another thread while detach decides fails with ClosedError."""
+        with _detach_lock:
+            # A hold of our own: a close() meanwhile leaves the number to our release.
+            fd = hold(self)
+            try:
+                if self._fd < 0:
+                    raise closed(self._kind)
+                self._fd = DETACHING  # from here on, no operation can start
+                if _held.count(self) > 1 or (_close_hooks and _awaited(self)):
+                    if self._fd == DETACHING:  # not closed meanwhile: it stays open
+                        self._fd = fd
+                    raise error(E.EBUSY, f"detach() of a {self._kind}",
+                                "another thread is inside an operation on it, or a coroutine "
+                                "awaits it; detach once that is done")
+                if self._fd != DETACHING:  # a close() came first: it keeps the number
+                    raise closed(self._kind)
+                self._fd = -1
+                if _close_hooks:  # the file lives on elsewhere: nothing to tear down, and an
+                    _close_hooks.pop(id(self), None)  # entry must not outlive its id
+                try:
+                    return self._cell.pop()
+                except IndexError:
+                    raise closed(self._kind) from None
+            finally:
+                release(self)  # closes the number only if a close() came and it is still here
 
     def __enter__(self: _Self) -> _Self:
         self.fileno()
@@ -178,6 +225,11 @@ def _run_close_hooks(holder: FdHolder) -> None:
         hook()
 
 
+def _awaited(holder: FdHolder) -> bool:
+    """Whether a busy close hook (an asyncio waiter) watches ``holder``'s number."""
+    return any(getattr(hook, "busy", False) for hook in _close_hooks.get(id(holder), ()))
+
+
 __all__ = [
     "FdHolder",
     "FdLike",
@@ -186,9 +238,11 @@ __all__ = [
     "as_fd",
     "dup_cloexec",
     "finish",
+    "for_multiprocessing",
     "hold",
     "hold_append",
     "hold_remove",
+    "not_picklable",
     "pickled_fd",
     "release",
     "remove_close_hook",
@@ -223,20 +277,54 @@ def as_fd(obj: object) -> int:
 
 
 # --- pickling for multiprocessing -----------------------------------------------------
-# The fd goes through ``multiprocessing.reduction.DupFd``: while a child is being
-# started (spawn, forkserver) it rides along with the process; otherwise (Queues, Pool
-# tasks and results) the sending process's resource sharer hands a duplicate to the
-# first process that unpickles it. So a pickle is meant to be loaded once, by another
-# process, while the sender is alive, as with sockets in multiprocessing.
+# Only multiprocessing may pickle an fd-owning object: its pickler, ``ForkingPickler``,
+# is what Process arguments (spawn, forkserver), Queue, SimpleQueue, Pipe/Connection,
+# Pool, managers and concurrent.futures.ProcessPoolExecutor all use, and it sends the
+# fd through ``multiprocessing.reduction.DupFd``: while a child is being started it
+# rides along with the process; otherwise the sending process's resource sharer (one
+# thread, started once) hands a duplicate to the first process that unpickles it. So
+# such a pickle is meant to be loaded once, by another process, while the sender lives,
+# as with sockets in multiprocessing.
+#
+# How only ForkingPickler gets there: the classes register their reducer with
+# ``ForkingPickler.register`` (its own dispatch table, which the pickler consults before
+# ``__reduce_ex__``), and their ``__reduce__`` refuses. Any other pickler (``pickle``,
+# ``copy``, cloudpickle) reaches ``__reduce__`` and gets the TypeError, before any fd
+# is duplicated: a plain ``pickle.dumps`` used to pin a duplicate in the resource
+# sharer for the life of the process, one per call. (Checking the caller's stack, or
+# ``get_spawning_popen()``, would miss Queue and Pool, which pickle outside any spawn.)
+# The dispatch table is keyed by exact type: a subclass registers itself the same way.
 
 class DupFdLike(Protocol):
     def detach(self) -> int: ...
 
 
+def for_multiprocessing(cls: type, reduce: Callable[..., tuple[object, ...]]) -> None:
+    """Let multiprocessing's pickler, and only it, pickle ``cls`` with ``reduce``
+    (give ``cls`` a ``__reduce__`` that raises :func:`not_picklable`). Importing
+    multiprocessing.reduction here costs ~2 ms once; registering later, when it is
+    first imported, would need an import hook."""
+    from multiprocessing.reduction import ForkingPickler
+
+    ForkingPickler.register(cls, reduce)  # type: ignore[arg-type]  # typeshed: a union of reduce tuples
+
+
+def not_picklable(obj: object) -> TypeError:
+    """The error for pickling ``obj`` outside multiprocessing (raise it)."""
+    kind = type(obj).__name__
+    dup = " (dup() gives a second one in this process)" if isinstance(obj, FdHolder) else ""
+    return TypeError(
+        f"cannot pickle {kind!r} object outside multiprocessing: a {kind} holds fds, which only "
+        "multiprocessing's pickler (Process arguments, Queue, Pipe, Pool) duplicates into the "
+        "process that loads it; to hand one to another process otherwise, use pydmabuf.send() "
+        f"on a Unix socket{dup}")
+
+
 def pickled_fd(holder: FdHolder) -> DupFdLike:
     """A ``DupFd`` for ``holder``'s file, taken under a hold (a close() in another
-    thread can't swap the file under the dup)."""
-    from multiprocessing import reduction  # only programs that pickle pay for it
+    thread can't swap the file under the dup). For the reducers registered with
+    :func:`for_multiprocessing` only."""
+    from multiprocessing import reduction
 
     fd = hold(holder)
     try:

@@ -7,7 +7,19 @@ import os
 import select
 from collections.abc import Callable, Iterable
 
-from ._fd import DupFdLike, FdHolder, FdLike, as_fd, dup_cloexec, hold, pickled_fd, release, unpickled_fd
+from ._fd import (
+    DupFdLike,
+    FdHolder,
+    FdLike,
+    as_fd,
+    dup_cloexec,
+    for_multiprocessing,
+    hold,
+    not_picklable,
+    pickled_fd,
+    release,
+    unpickled_fd,
+)
 from .backends import Backend, fence_backend, get_backend
 from .errors import Error, check_name, closed, error, invalid
 from .info import FenceInfo, SyncFileInfo
@@ -93,8 +105,9 @@ class SyncFile(FdHolder):
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
-        # multiprocessing duplicates the fd into the receiver (see _fd.pickled_fd).
-        return _rebuild_sync_file, (pickled_fd(self), self._backend.name)
+        # Only multiprocessing pickles a SyncFile (_reduce_sync_file, registered below;
+        # see the pickling notes in _fd): anything else would pin a duplicate fd.
+        raise not_picklable(self)
 
     @property
     def backend(self) -> str:
@@ -133,15 +146,12 @@ class SyncFile(FdHolder):
     async def wait_async(self, timeout: float | None = None) -> None:
         """``await`` until signaled, on the running asyncio loop (other tasks keep
         running). TimeoutError after ``timeout`` seconds; ClosedError if this object is
-        closed meanwhile; cancelling the task stops watching the fd."""
-        from . import aio  # asyncio is imported only by programs that use it
+        closed meanwhile; cancelling the task stops watching the fd. Adds no fd: the
+        loop watches this one, once for all its waiters (see :mod:`pydmabuf.aio`,
+        which also waits for many: ``wait_any``, ``as_completed``)."""
+        from ._aio_watch import sync_file_target, wait_object  # asyncio: only for programs that use it
 
-        fd = hold(self)
-        try:
-            watch = dup_cloexec(fd)  # the waiter's own: close() can't pull it away
-        finally:
-            release(self)
-        await aio.wait_fd(self, watch, _POLLIN, timeout, "SyncFile.wait_async")
+        await wait_object(self, sync_file_target, timeout, "SyncFile.wait_async")
 
     def merge(self, other: SyncFile, *, name: str = "merged") -> SyncFile:
         """A new fence that signals when both this and ``other`` have."""
@@ -231,3 +241,11 @@ class SyncFile(FdHolder):
         except OSError as exc:
             detail = f" (info failed: {os.strerror(exc.errno or 0)})"
         return f"<SyncFile fd={self._fd}{detail} backend={self._backend.name}>"
+
+
+def _reduce_sync_file(fence: SyncFile) -> tuple[object, ...]:
+    """multiprocessing's reducer: the fd travels as a ``DupFd`` (see _fd.pickled_fd)."""
+    return _rebuild_sync_file, (pickled_fd(fence), fence._backend.name)
+
+
+for_multiprocessing(SyncFile, _reduce_sync_file)

@@ -25,18 +25,22 @@ from .syncfile import SyncFile
 from .uapi import wait as _wait
 
 Waitable = SyncFile | Buffer
-_BAD = select.EPOLLERR | select.EPOLLHUP
+# A hang-up or reset without the awaited event: the event can never come, and a
+# level-triggered poll would report it again at once (a spin). Such a member is done,
+# as in uapi.wait: its status says how it ended (a fallback fence: OWNER_GONE).
+_HUP = select.EPOLLERR | select.EPOLLHUP
 _POLLIN = select.POLLIN
 
 
-def poll_target(obj: object, write: bool) -> tuple[int, int, bool]:
-    """(fd, poll events, fd_is_new) that say when ``obj`` is ready; a new fd is the
-    caller's to close. SyncFiles are readable once signaled; a Buffer is ready when
-    its implicit fences let a reader (or, with ``write``, a writer) proceed."""
+def poll_target(obj: object, fd: int, write: bool) -> tuple[int, int, bool]:
+    """(fd, poll events, fd_is_new) that say when ``obj``, whose fd the caller holds
+    (``fd``), is ready; a new fd is the caller's to close. SyncFiles are readable once
+    signaled; a Buffer is ready when its implicit fences let a reader (or, with
+    ``write``, a writer) proceed."""
     if isinstance(obj, SyncFile):
-        return obj.fileno(), select.POLLIN, False
+        return fd, select.POLLIN, False
     if isinstance(obj, Buffer):
-        return buffer_parts(obj)[0].implicit_fence(obj.fileno(), write)
+        return buffer_parts(obj)[0].implicit_fence(fd, write)
     raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
 
 
@@ -74,17 +78,26 @@ class FenceSet:
 
     def add(self, obj: Waitable) -> None:
         """Watch ``obj`` (a SyncFile, or a Buffer's implicit fences: on the fallback
-        backend, those present when it is added); adding twice does nothing."""
+        backend, those present when it is added); adding twice does nothing.
+        ClosedError if ``obj`` is closed (also by another thread while this runs)."""
         self._check_open()
         if obj in self._entries:
             return
-        fd, events, new = poll_target(obj, self._write)
+        if not isinstance(obj, (SyncFile, Buffer)):
+            raise invalid(f"can only wait on SyncFile and Buffer objects, got {type(obj).__name__}")
+        # Held from reading the number to registering it: a close() in another thread
+        # meanwhile can't let the set register whatever file reuses the number.
+        held = hold(obj)
         try:
-            self._epoll.register(fd, events)
-        except BaseException:
-            if new:
-                os.close(fd)
-            raise
+            fd, events, new = poll_target(obj, held, self._write)
+            try:
+                self._epoll.register(fd, events)
+            except BaseException:
+                if new:
+                    os.close(fd)
+                raise
+        finally:
+            release(obj)
         self._entries[obj] = (self._seq, fd, events, new)
         self._by_fd[fd] = obj
         self._seq += 1
@@ -114,10 +127,8 @@ class FenceSet:
             found = []
             for fd, mask in ready:
                 obj = by_fd[fd]
-                if mask & entries[obj][2]:
+                if mask & (entries[obj][2] | _HUP):
                     found.append(obj)
-                elif mask & _BAD:
-                    raise error(E.EBADF, f"{what}: fd {fd} reported an error or hang-up")
             if found:
                 return found
             if deadline is not None and time.monotonic() >= deadline:
@@ -237,10 +248,10 @@ def _ready_now(events: dict[int, int], what: str) -> list[int]:
 def _check(ready: list[tuple[int, int]], events: dict[int, int], what: str) -> list[int]:
     found = []
     for fd, mask in ready:
-        if mask & events[fd]:
+        if mask & select.POLLNVAL:
+            raise error(E.EBADF, f"{what}: fd {fd} is not open")
+        if mask & (events[fd] | _HUP):
             found.append(fd)
-        elif mask & (_BAD | select.POLLNVAL):
-            raise error(E.EBADF, f"{what}: fd {fd} reported an error or hang-up")
     return found
 
 

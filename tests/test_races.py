@@ -14,6 +14,8 @@ the test instead of killing the run; the child reports its counts through a pipe
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from _procs import fork, join
 from conftest import BACKEND, IN_VM, TIMELINE_MISSING, needs_timeline, open_fds
 
@@ -287,4 +290,212 @@ def test_heap_allocate_racing_close_never_touches_a_reused_number() -> None:
     _report("Heap.allocate vs close", stats)
     assert stats["rounds"] == rounds
     assert stats["unexpected"] == 0, stats["details"]
+    assert stats["fds_left"] == 0
+
+
+# --- FenceSet.add racing close (issue 16, item 5) -----------------------------------
+
+FENCE_SET_ROUNDS = 600 if IN_VM else 3000
+
+
+def _epoll_targets(epoll_fd: int) -> dict[int, int]:
+    """{watched fd number: inode of the file registered under it}, as the kernel
+    lists them in the epoll fd's fdinfo."""
+    targets = {}
+    with open(f"/proc/self/fdinfo/{epoll_fd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("tfd:"):
+                fields = line.split()
+                ino = next(x for x in fields if x.startswith("ino:"))
+                targets[int(fields[1])] = int(ino[4:], 16)
+    return targets
+
+
+def _fence_set_rounds(kind: str, rounds: int) -> Stats:
+    """Thread A adds a ready object (a signaled fence, a buffer without fences) to a
+    FenceSet, checks what the set registered and discards it, over and over, while we
+    close the object and at once make victims that may get its number: pending
+    fences, buffers with a pending write fence, a pipe, a memfd. A dup of the object's
+    fd keeps its file (and so the set's registration of it) alive, so after every add
+    that succeeded the set must report exactly the object ready, and the file
+    registered under its number must be the object's."""
+    rng = random.Random(12)
+    stats: Stats = {"rounds": 0, "deferred": 0, "added": 0, "wrong_file": 0, "unexpected": 0,
+                    "details": []}
+    with contextlib.ExitStack() as stack:
+        timeline = stack.enter_context(pydmabuf.Timeline())
+        heap = stack.enter_context(pydmabuf.Heap("system")) if kind == "buffer" else None
+        timeline.signal(1)
+        pending_point = 2**31 - 1  # never signaled during the rounds
+        for i in range(rounds):
+            obj: pydmabuf.Buffer | pydmabuf.SyncFile = heap.allocate(PAGE) if heap else timeline.fence(1)
+            keep = os.dup(obj.fileno())
+            ino = os.fstat(keep).st_ino
+            victims: list[pydmabuf.Buffer | pydmabuf.SyncFile] = []
+            files: list[int] = []
+            fs = pydmabuf.FenceSet()
+            wrong: list[str] = []
+
+            def add_check_discard(fs: pydmabuf.FenceSet = fs, obj: pydmabuf.Buffer | pydmabuf.SyncFile = obj,
+                                  ino: int = ino, wrong: list[str] = wrong) -> None:
+                fs.add(obj)
+                stats["added"] += 1
+                _seq, fd, _events, new = fs._entries[obj]
+                try:
+                    ready = fs.wait_any(timeout=0)
+                except pydmabuf.TimeoutError:
+                    ready = []
+                if ready != [obj]:
+                    wrong.append(f"the set reports {ready!r} ready")
+                elif not new and _epoll_targets(fs._epoll.fileno()).get(fd) != ino:
+                    wrong.append(f"another file registered under fd {fd}")
+                fs.discard(obj)
+
+            def victim() -> pydmabuf.Buffer | pydmabuf.SyncFile:
+                fence = timeline.fence(pending_point)
+                if heap is None:
+                    return fence
+                with fence:
+                    buf = heap.allocate(PAGE)
+                    buf.import_sync_file(fence, write=True)
+                    return buf
+
+            def reuse(i: int = i, victims: list[pydmabuf.Buffer | pydmabuf.SyncFile] = victims,
+                      files: list[int] = files) -> None:
+                makers = [lambda: victims.append(victim()), lambda: files.extend(os.pipe()),
+                          lambda: files.append(_memfd(PAGE))]
+                for k in range(len(makers)):
+                    makers[(i + k) % len(makers)]()
+
+            try:
+                for problem in _race([add_check_discard], obj, reuse, rng, stats):
+                    _note(stats, "unexpected", f"round {i}: {problem}")
+                for problem in wrong:
+                    _note(stats, "wrong_file", f"round {i}: {problem}")
+            finally:
+                fs.close()
+                os.close(keep)
+                for v in victims:
+                    v.close()
+                for fd in files:
+                    os.close(fd)
+            stats["rounds"] += 1
+    return stats
+
+
+@needs_timeline
+def test_fence_set_add_racing_close_never_registers_a_reused_number() -> None:
+    stats = _run_in_child(lambda: _fence_set_rounds("sync_file", FENCE_SET_ROUNDS), timeout=240)
+    _report("FenceSet.add(SyncFile) vs close", stats)
+    assert stats["rounds"] == FENCE_SET_ROUNDS
+    assert (stats["wrong_file"], stats["unexpected"]) == (0, 0), stats["details"]
+    assert stats["added"] > FENCE_SET_ROUNDS and stats["deferred"]  # close() met an add in flight
+    assert stats["fds_left"] == 0
+
+
+@needs_timeline
+def test_fence_set_add_of_buffers_racing_close_never_registers_a_reused_number() -> None:
+    stats = _run_in_child(lambda: _fence_set_rounds("buffer", FENCE_SET_ROUNDS), timeout=240)
+    _report("FenceSet.add(Buffer) vs close", stats)
+    assert stats["rounds"] == FENCE_SET_ROUNDS
+    assert (stats["wrong_file"], stats["unexpected"]) == (0, 0), stats["details"]
+    assert stats["added"] > FENCE_SET_ROUNDS and stats["deferred"]
+    assert stats["fds_left"] == 0
+
+
+# --- detach() while another thread is inside cpu_access (issue 16, item 6) ------------
+
+def test_detach_is_refused_while_a_thread_is_inside_cpu_access() -> None:
+    with pydmabuf.Heap("system") as heap, heap.allocate(PAGE) as buf:
+        inside, leave = threading.Event(), threading.Event()
+
+        def bracket() -> None:
+            with buf.cpu_access():
+                inside.set()
+                leave.wait(10)
+
+        a = threading.Thread(target=bracket)
+        a.start()
+        try:
+            assert inside.wait(10)
+            with pytest.raises(pydmabuf.Error) as refused:
+                buf.detach()
+            assert refused.value.errno == errno.EBUSY and "detach" in str(refused.value)
+            assert not isinstance(refused.value, pydmabuf.ClosedError)
+            assert not buf.closed  # refused: still open and usable
+            buf.set_name("still-mine")
+        finally:
+            leave.set()
+            a.join()
+        fd = buf.detach()  # nothing inside any more
+        try:
+            assert buf.closed
+            with pytest.raises(pydmabuf.ClosedError):
+                buf.detach()
+        finally:
+            os.close(fd)
+
+
+def _detach_rounds(rounds: int) -> Stats:
+    """Thread A brackets CPU access over and over; we detach at a random moment (again
+    until it is not refused), close the number we got and at once make victims that
+    may get it. A bracket whose END landed on a victim fails (ENOTTY on a pipe, EINVAL
+    on another buffer), which A reports as unexpected."""
+    rng = random.Random(13)
+    stats: Stats = {"rounds": 0, "refused": 0, "unexpected": 0, "details": []}
+    with pydmabuf.Heap("system") as heap:
+        for i in range(rounds):
+            buf = heap.allocate(PAGE)
+            ino = os.fstat(buf.fileno()).st_ino
+            unexpected: list[str] = []
+
+            def brackets(buf: pydmabuf.Buffer = buf, unexpected: list[str] = unexpected) -> None:
+                # With a pause between brackets: detach() refuses while one is open,
+                # so a thread that is always inside one would refuse it forever.
+                while True:
+                    try:
+                        with buf.cpu_access():
+                            time.sleep(0)  # let the others run while inside
+                    except pydmabuf.ClosedError:
+                        return
+                    except BaseException as exc:
+                        unexpected.append(repr(exc))
+                        return
+                    time.sleep(0)
+
+            a = threading.Thread(target=brackets)
+            a.start()
+            time.sleep(rng.random() * 300e-6)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    fd = buf.detach()
+                    break
+                except pydmabuf.Error as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    stats["refused"] += 1
+                    time.sleep(20e-6)
+            if os.fstat(fd).st_ino != ino:
+                _note(stats, "unexpected", f"round {i}: detach() handed out another file")
+            os.close(fd)
+            victim = heap.allocate(PAGE)
+            files = [_memfd(PAGE), *os.pipe()]
+            a.join()
+            for problem in unexpected:
+                _note(stats, "unexpected", f"round {i}: {problem}")
+            victim.close()
+            for f in files:
+                os.close(f)
+            stats["rounds"] += 1
+    return stats
+
+
+def test_detach_racing_cpu_access_never_hands_out_a_used_number() -> None:
+    rounds = ROUNDS
+    stats = _run_in_child(lambda: _detach_rounds(rounds), timeout=240)
+    _report("detach vs cpu_access", stats)
+    assert stats["rounds"] == rounds
+    assert stats["unexpected"] == 0, stats["details"]
+    assert stats["refused"]  # the race happened
     assert stats["fds_left"] == 0
