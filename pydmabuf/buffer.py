@@ -29,9 +29,11 @@ from ._fd import (
     as_fd,
     dup_cloexec,
     finish,
+    for_multiprocessing,
     hold,
     hold_append,
     hold_remove,
+    not_picklable,
     pickled_fd,
     release,
     unpickled_fd,
@@ -39,17 +41,30 @@ from ._fd import (
 from .backends import Backend, buffer_backend, get_backend
 from .dlpack import collect as _collect_dlpack
 from .dlpack import dlpack, dlpack_device
-from .errors import READONLY_MAP_HINT, Error, check_name, closed, error, invalid, unmappable_hint
+from .errors import (
+    MAPPING_IN_USE_HINT,
+    READONLY_MAP_HINT,
+    READONLY_MAPPING_HINT,
+    Error,
+    MappingInUseError,
+    ReadOnlyError,
+    check_name,
+    closed,
+    error,
+    invalid,
+    unmappable_hint,
+    unsupported,
+)
 from .info import BufferInfo
 from .syncfile import SyncFile
 from .uapi.fdkind import DMA_BUF_DEVS
-from .uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE
+from .uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, cached_stat
 from .uapi.wait import deadline
 
 READ, WRITE, END = SYNC_READ, SYNC_WRITE, SYNC_END
-_fstat = os.fstat
+_cached_stat = cached_stat
 # st_dev of the dma-buf filesystem -> the kernel backend, filled when from_fd first
-# meets it: then the common from_fd is one fstat and one dict lookup.
+# meets it: then the common from_fd is one statx and one dict lookup.
 _KERNEL_BY_DEV: dict[int, Backend] = {}
 
 _new = object.__new__
@@ -66,7 +81,10 @@ def _direction(read: bool, write: bool) -> int:
 
 def encode_name(name: object) -> bytes:
     """A buffer name as the kernel takes it: str, at most 31 UTF-8 bytes, no NUL."""
-    raw = check_name(name).encode("utf-8", "surrogateescape")
+    try:
+        raw = check_name(name).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file system name decodes to
+        raise invalid(f"buffer names are UTF-8 text: {name!r} cannot be encoded") from None
     if len(raw) > NAME_MAX or b"\0" in raw:
         raise invalid(f"buffer names are at most {NAME_MAX} bytes without NUL: {name!r}")
     return raw
@@ -76,10 +94,19 @@ class Mapping(mmap.mmap):
     """A shared CPU mapping of a buffer. Supports the buffer protocol
     (``memoryview(m)``, ``numpy.frombuffer(m, ...)`` without copying) and DLPack
     (``numpy.from_dlpack(m)``, ``torch.from_dlpack(m)``: CPU, uint8, one dimension;
-    read-only mappings export read-only tensors, and the consumer keeps the mapping
-    alive); read-only mappings refuse writes. It keeps the buffer alive until closed,
-    even after the Buffer object is closed. Bracket CPU reads and writes with
-    ``Buffer.cpu_access``.
+    the consumer keeps the mapping alive). A read-only mapping refuses writes
+    (:class:`~pydmabuf.errors.ReadOnlyError`, a TypeError as mmap's own) and goes only to
+    DLPack consumers known to honour read-only (see :mod:`pydmabuf.dlpack`). It keeps
+    the buffer alive until closed, even after the Buffer object is closed. ``close()``
+    while an array or view still uses the memory raises
+    :class:`~pydmabuf.errors.MappingInUseError` (a BufferError); every method of a closed
+    mapping raises ClosedError. Bracket CPU reads and writes with ``Buffer.cpu_access``.
+
+    The read-only and the closed behaviours are subclasses (``map(write=False)`` makes
+    the first, ``close()`` switches to the second), so an open writable mapping's
+    indexing and slicing stay mmap's own C code with no Python frame around them. (A
+    thread that slices at the very moment another closes may still see mmap's bare
+    ValueError.)
     """
 
     __dlpack__ = dlpack
@@ -87,14 +114,64 @@ class Mapping(mmap.mmap):
 
     def close(self) -> None:
         _collect_dlpack()  # release exports whose consumer is done, so close works right after
-        super().close()
+        try:
+            super().close()
+        except BufferError:  # CPython's "cannot close exported pointers exist"
+            raise MappingInUseError(E.EBUSY, f"cannot close a Mapping of {len(self)} bytes: "
+                                    f"{MAPPING_IN_USE_HINT}") from None
+        if type(self) in _OWN_KINDS:  # not a subclass of someone else's
+            self.__class__ = _ClosedMapping
+
+    def resize(self, newsize: int) -> None:
+        # mmap would ftruncate the buffer's file: a fallback memfd would grow under
+        # every other holder of the buffer.
+        raise unsupported("a Mapping has its buffer's fixed size: it cannot be resized")
 
     def __exit__(self, *exc: object) -> None:  # mmap's own __exit__ would bypass close()
         self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"size={len(self)}"
+        if isinstance(self, _ReadOnlyMapping) and not self.closed:
+            state += " read-only"
         return f"<pydmabuf.Mapping {state}>"
+
+
+def _read_only(self: Mapping, *args: object) -> None:
+    raise ReadOnlyError(E.EACCES, f"write to a Mapping: {READONLY_MAPPING_HINT}")
+
+
+class _ReadOnlyMapping(Mapping):
+    """What ``Buffer.map(write=False)`` returns: writes raise ReadOnlyError (mmap's own
+    refusal is a bare TypeError)."""
+
+    __setitem__ = _read_only
+    write = _read_only  # type: ignore[assignment]
+    write_byte = _read_only
+    move = _read_only
+
+
+def _closed_mapping(self: Mapping, *args: object) -> None:
+    raise closed("Mapping")
+
+
+class _ClosedMapping(Mapping):
+    """A Mapping after ``close()``: every method raises ClosedError (mmap's own is a bare
+    ValueError "mmap closed or invalid"); ``close()`` again does nothing. (The buffer
+    protocol, ``memoryview(m)``, still raises mmap's ValueError: Python 3.11 has no
+    ``__buffer__`` to override.)"""
+
+    def close(self) -> None:
+        pass
+
+
+_OWN_KINDS = (Mapping, _ReadOnlyMapping)
+for _name in ("__getitem__", "__setitem__", "__len__", "__enter__", "find", "flush", "madvise", "move",
+              "read", "read_byte", "readline", "resize", "rfind", "seek", "size", "tell", "write",
+              "write_byte"):
+    if hasattr(mmap.mmap, _name):
+        setattr(_ClosedMapping, _name, _closed_mapping)
+del _name
 
 
 def _rebuild_buffer(dupfd: DupFdLike, size: int, backend: str, offset: int) -> Buffer:
@@ -140,7 +217,7 @@ def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     return buf
 
 
-def _classified(fd: int, new: int, st: os.stat_result | None, found: Backend | None, size: int,
+def _classified(fd: int, new: int, dev: int | None, found: Backend | None, size: int,
                 backend: str | Backend | None) -> tuple[Backend, int]:
     """from_fd's slow half: what ``new`` (``fd`` or the dup of it) is, beyond a dma-buf
     filesystem seen before, checked against the ``backend`` the caller expects. Errors
@@ -152,8 +229,8 @@ def _classified(fd: int, new: int, st: os.stat_result | None, found: Backend | N
             if new != fd:
                 buffer_backend(fd)  # the same complaint, naming the caller's number
             raise
-        if st is not None and DMA_BUF_DEVS.get(st.st_dev) and found.name == "kernel":
-            _KERNEL_BY_DEV[st.st_dev] = found
+        if dev is not None and DMA_BUF_DEVS.get(dev) and found.name == "kernel":
+            _KERNEL_BY_DEV[dev] = found
     if backend is not None and get_backend(backend) is not found:
         what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
         raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
@@ -214,17 +291,16 @@ class Buffer(FdHolder):
             except (OSError, OverflowError) as exc:
                 buffer_backend(fd)  # the library's error for what fd is, if it is the cause
                 raise error(getattr(exc, "errno", None) or E.EBADF, f"dup of fd {fd}") from None
-        st: os.stat_result | None
-        try:  # the common case inline: one fstat shows a dma-buf filesystem seen before
-            st = _fstat(new)
-            found = _KERNEL_BY_DEV.get(st.st_dev) if not st.st_mode & 0o170000 else None
-            size = st.st_size
+        dev: int | None
+        try:  # the common case inline: one statx shows a dma-buf file system seen before
+            mode, size, dev = _cached_stat(new)  # asks no file system's server (FUSE): see fdkind
+            found = _KERNEL_BY_DEV.get(dev) if not mode & 0o170000 else None
         except (OSError, OverflowError):
-            st = found = None
+            dev = found = None
             size = 0
         if found is None or backend is not None:
             try:
-                found, size = _classified(fd, new, st, found, size, backend)
+                found, size = _classified(fd, new, dev, found, size, backend)
             except BaseException:
                 if new != fd:
                     os.close(new)
@@ -247,8 +323,9 @@ class Buffer(FdHolder):
         return wrap_taken(lambda new: cls.from_fd(new, backend=backend), pid, fd)
 
     def __reduce__(self) -> tuple[object, ...]:
-        # multiprocessing duplicates the fd into the receiver (see _fd.pickled_fd).
-        return _rebuild_buffer, (pickled_fd(self), self._size, self._backend.name, self._offset)
+        # Only multiprocessing pickles a Buffer (_reduce_buffer, registered below; see
+        # the pickling notes in _fd): anything else would pin a duplicate fd.
+        raise not_picklable(self)
 
     # --- facts -------------------------------------------------------------------
     @property
@@ -296,7 +373,8 @@ class Buffer(FdHolder):
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
         fd = hold(self)
         try:
-            return Mapping(fd, self._size, mmap.MAP_SHARED, prot, offset=self._offset)
+            kind = Mapping if write else _ReadOnlyMapping
+            return kind(fd, self._size, mmap.MAP_SHARED, prot, offset=self._offset)
         except PermissionError as exc:
             raise error(exc.errno or E.EACCES, "mmap", READONLY_MAP_HINT if write else None) from None
         except OSError as exc:
@@ -396,17 +474,12 @@ class Buffer(FdHolder):
 
     async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> None:
         """``await`` version of ``wait`` on the running asyncio loop; ClosedError if
-        the buffer is closed meanwhile; cancelling the task stops watching."""
-        from . import aio  # asyncio is imported only by programs that use it
+        the buffer is closed meanwhile; cancelling the task stops watching. On a kernel
+        dma-buf it adds no fd (the loop watches the buffer's own, see :mod:`pydmabuf.aio`)."""
+        from ._aio_watch import wait_object  # asyncio: only for programs that use it
 
-        fd = hold(self)
-        try:  # an fd of our own to watch, taken while the buffer's number is held
-            watch, events, new = self._backend.implicit_fence(fd, write)
-            if not new:
-                watch = dup_cloexec(watch)
-        finally:
-            release(self)
-        await aio.wait_fd(self, watch, events, timeout, "Buffer.wait_async")
+        backend = self._backend  # what to watch: the buffer's own fd (kernel), a snapshot fence (fallback)
+        await wait_object(self, lambda fd: backend.implicit_fence(fd, write), timeout, "Buffer.wait_async")
 
     def __repr__(self) -> str:
         if self._fd < 0:
@@ -416,6 +489,14 @@ class Buffer(FdHolder):
         except OSError:
             name = "?"
         return f"<Buffer fd={self._fd} size={self._size} name={name!r} backend={self._backend.name}>"
+
+
+def _reduce_buffer(buf: Buffer) -> tuple[object, ...]:
+    """multiprocessing's reducer: the fd travels as a ``DupFd`` (see _fd.pickled_fd)."""
+    return _rebuild_buffer, (pickled_fd(buf), buf._size, buf._backend.name, buf._offset)
+
+
+for_multiprocessing(Buffer, _reduce_buffer)
 
 
 class CpuAccess:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import errno as E
+import operator
 import os
 
 
@@ -73,6 +74,26 @@ class WouldBlockError(Error, builtins.BlockingIOError):
     """EAGAIN on a non-blocking socket: try again once it is ready."""
 
 
+class TooManyOpenFilesError(Error):
+    """EMFILE (this process's fd limit, RLIMIT_NOFILE) or ENFILE (the system's): the
+    message names the limit and how to raise it."""
+
+
+class InvalidIndexError(InvalidArgumentError, builtins.IndexError):
+    """An index out of range (a frame's plane, a plane's row): EINVAL, and an
+    IndexError as a sequence's own would be."""
+
+
+class ReadOnlyError(PermissionDeniedError, builtins.TypeError):
+    """A write through a read-only mapping (``buf.map(write=False)``): EACCES, and a
+    TypeError as mmap's own refusal is."""
+
+
+class MappingInUseError(Error, builtins.BufferError):
+    """EBUSY: a Mapping cannot be closed while an array, memoryview or DLPack tensor
+    still uses its memory; a BufferError as mmap's own refusal is."""
+
+
 _BY_ERRNO: dict[int, type[Error]] = {
     E.EACCES: PermissionDeniedError,
     E.EPERM: PermissionDeniedError,
@@ -94,16 +115,57 @@ _BY_ERRNO: dict[int, type[Error]] = {
     E.ECONNRESET: PeerResetError,
     E.ECONNREFUSED: PeerRefusedError,
     E.EAGAIN: WouldBlockError,
+    E.EMFILE: TooManyOpenFilesError,
+    E.ENFILE: TooManyOpenFilesError,
 }
 
 
 def error(code: int, what: str, hint: str | None = None) -> Error:
-    """The exception for errno ``code`` raised by operation ``what``."""
+    """The exception for errno ``code`` raised by operation ``what``. EMFILE and ENFILE
+    get the fd limit as their hint unless one is given."""
     cls = _BY_ERRNO.get(code, Error)
+    if hint is None and cls is TooManyOpenFilesError:
+        hint = fd_limit_hint(code)
     message = f"{what}: {os.strerror(code) if code != 524 else 'Operation not supported (ENOTSUPP)'}"
     if hint:
         message += f" ({hint})"
     return cls(code, message)
+
+
+def fd_limit_hint(code: int = E.EMFILE) -> str:
+    """What to do about EMFILE (or ENFILE), naming the limit (asking needs no fd)."""
+    if code == E.ENFILE:
+        return "the system-wide limit on open files is reached: close files, or raise sysctl fs.file-max"
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    top = "unlimited" if hard == unlimited else str(hard)
+    if soft == hard:
+        how = ("raise the hard limit as root (LimitNOFILE= for a systemd service, nofile in "
+               "/etc/security/limits.conf)")
+    else:
+        new = "N" if hard == unlimited else top
+        how = (f"raise the soft limit towards the hard limit: resource.setrlimit(resource.RLIMIT_NOFILE, "
+               f"({new}, {'resource.RLIM_INFINITY' if hard == unlimited else top})) in the program, "
+               f"or `ulimit -n {new}` in its shell")
+    limit = "unlimited" if soft == unlimited else str(soft)
+    return (f"this process may have {limit} open fds (RLIMIT_NOFILE soft limit; hard limit {top}): "
+            f"close fds it no longer needs, or {how}")
+
+
+def check_index(value: object, what: str) -> int:
+    """An integer argument: an int or any integer with ``__index__`` (numpy integers),
+    not a bool; TypeError otherwise. An exception that ``__index__`` itself raises
+    (other than TypeError) propagates, as it does from Python's own ``operator.index``."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got bool")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
 
 
 def invalid(message: str) -> InvalidArgumentError:
@@ -141,6 +203,11 @@ UDMABUF_EINVAL_HINT = (
     "total within /sys/module/udmabuf/parameters/size_limit_mb"
 )
 READONLY_MAP_HINT = "the buffer was exported read-only; map it with write=False"
+READONLY_MAPPING_HINT = "this mapping is read-only (map(write=False)); map the buffer with write=True to write"
+MAPPING_IN_USE_HINT = (
+    "an array, memoryview or DLPack tensor still uses its memory: delete it (del array, "
+    "view.release()) first; the memory stays mapped until the last of them goes"
+)
 
 
 def unmappable_hint(exporter: str) -> str:

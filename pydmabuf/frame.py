@@ -18,8 +18,9 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from . import interop
+from ._fd import for_multiprocessing, not_picklable
 from .buffer import Buffer, Mapping
-from .errors import ClosedError, closed, invalid
+from .errors import ClosedError, InvalidIndexError, check_index, closed, invalid
 from .formats import LINEAR, MOD_INVALID, Format, PlaneFormat, as_format, check_modifier, describe_modifier
 from .uapi.wait import deadline
 
@@ -93,8 +94,11 @@ class PlaneView:
                 "strides": (self.pitch, 1), "data": self._data}
 
     def row(self, index: int) -> memoryview:
+        """Row ``index`` (0 <= index < rows; InvalidIndexError, an IndexError, otherwise)."""
+        index = check_index(index, "a row index")
         if not 0 <= index < self.rows:
-            raise IndexError(f"row {index} of a plane with {self.rows} rows")
+            raise InvalidIndexError(errno.EINVAL, f"row {index} of a plane with {self.rows} rows "
+                                    f"(rows are 0..{self.rows - 1})")
         start = index * self.pitch
         return self._data[start:start + self.row_bytes]
 
@@ -125,9 +129,16 @@ def _released(view: memoryview) -> bool:
 
 
 def _check_int(value: object, what: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    """An int (or integer with ``__index__``, e.g. numpy's) in low..high, else
+    InvalidArgumentError (also for a non-integer, as this module always did)."""
+    if type(value) is not int:
+        try:
+            value = check_index(value, what)
+        except TypeError:
+            raise invalid(f"{what} must be an int in {low}..{high}, got {value!r}") from None
+    if not low <= value <= high:
         raise invalid(f"{what} must be an int in {low}..{high}, got {value!r}")
-    return int(value)
+    return value
 
 
 def _checked_plane(plane: object, count: int) -> Plane:
@@ -269,10 +280,13 @@ class Frame:
         return self._format.planes[index]
 
     def plane_extent(self, index: int) -> tuple[int, int]:
-        """(rows, bytes per row without padding) of plane ``index`` of a linear frame."""
+        """(rows, bytes per row without padding) of plane ``index`` of a linear frame;
+        an index that is not a plane's is InvalidIndexError (an IndexError too)."""
         self._check_open()
+        index = check_index(index, "a plane index")
         if not 0 <= index < len(self._planes):
-            raise IndexError(f"plane {index} of a frame with {len(self._planes)} planes")
+            raise InvalidIndexError(errno.EINVAL, f"plane {index} of a frame with {len(self._planes)} "
+                                    f"planes (planes are 0..{len(self._planes) - 1})")
         layout = self._linear_layout(index)
         return layout.height(self._height), layout.min_pitch(self._width)
 
@@ -282,7 +296,7 @@ class Frame:
         is mapped once per direction and unmapped at ``close()``). Bracket the access
         with ``frame.cpu_access()``. Linear layouts (LINEAR, MOD_INVALID) only."""
         rows, row_bytes = self.plane_extent(index)
-        plane = self._planes[index]
+        plane = self._planes[check_index(index, "a plane index")]
         key = (plane.object_index, bool(write))
         mapping = self._maps.get(key)
         if mapping is None:
@@ -359,11 +373,9 @@ class Frame:
         return interop.gst_caps(self._width, self._height, self._format.fourcc_string, self._modifier, framerate)
 
     def __reduce__(self) -> tuple[object, ...]:
-        # multiprocessing: each buffer travels as a dup of its fd (Buffer.__reduce__),
-        # the descriptor as values; the receiver checks it again and owns the copies.
-        self._check_open()
-        return _rebuild_frame, (self._width, self._height, self._format.fourcc, self._modifier,
-                                self._objects, tuple(tuple(p) for p in self._planes))
+        # Only multiprocessing pickles a Frame (_reduce_frame, registered below; see the
+        # pickling notes in pydmabuf._fd).
+        raise not_picklable(self)
 
     # --- lifetime ------------------------------------------------------------------
     def close(self) -> None:
@@ -394,6 +406,17 @@ class Frame:
         state = " closed" if self._closed else ""
         return (f"<Frame {self._width}x{self._height} {self._format.name} "
                 f"{describe_modifier(self._modifier)} objects={len(self._objects)} planes=[{planes}]{state}>")
+
+
+def _reduce_frame(frame: Frame) -> tuple[object, ...]:
+    """multiprocessing's reducer: each buffer travels as a dup of its fd (Buffer's
+    reducer), the descriptor as values; the receiver checks it again and owns the copies."""
+    frame._check_open()
+    return _rebuild_frame, (frame._width, frame._height, frame._format.fourcc, frame._modifier,
+                            frame._objects, tuple(tuple(p) for p in frame._planes))
+
+
+for_multiprocessing(Frame, _reduce_frame)
 
 
 def _rebuild_frame(width: int, height: int, fourcc: int, modifier: int, objects: tuple[Buffer, ...],

@@ -8,7 +8,7 @@ import os
 from ._fd import FdHolder, finish, hold_append, hold_remove
 from .backends import Backend, get_backend
 from .buffer import Buffer, named, new_buffer
-from .errors import NotFoundError, PermissionDeniedError, check_name, closed, error, invalid
+from .errors import Error, NotFoundError, PermissionDeniedError, check_index, check_name, closed, error, invalid
 from .uapi.memfd import PAGE_SIZE
 
 # Names that stand for whichever node a kernel gives one kind of heap, in the order
@@ -38,11 +38,25 @@ NAME_MAX = 255  # a file name
 
 
 def check_size(size: object) -> int:
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise invalid(f"size must be an int, got {type(size).__name__}")
+    """A size argument as an int > 0: an int or any integer with ``__index__`` (numpy
+    integers); a non-integer or bool is InvalidArgumentError, as is a size <= 0."""
+    if type(size) is not int:
+        try:
+            size = check_index(size, "size")
+        except TypeError:
+            raise invalid(f"size must be an int, got {type(size).__name__}") from None
     if size <= 0:
         raise invalid(f"size must be > 0, got {size}")
     return size
+
+
+def _encoded_length(name: str) -> int:
+    """The bytes of a file name as os.open encodes it; one it cannot encode (a lone
+    surrogate outside surrogateescape's range) counts as too long."""
+    try:
+        return len(os.fsencode(name))
+    except UnicodeEncodeError:
+        return NAME_MAX + 1
 
 
 class Heap(FdHolder):
@@ -56,16 +70,21 @@ class Heap(FdHolder):
         self._fd = -1
         self._cell: list[int] = []
         check_name(name, "heap name")
-        if not name or "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > NAME_MAX:
+        if not name or "/" in name or "\0" in name or name in (".", "..") or _encoded_length(name) > NAME_MAX:
             raise invalid(f"invalid heap name {name!r}: a file name in /dev/dma_heap, "
                           f"at most {NAME_MAX} bytes")
         self._backend = get_backend(backend)
         self._name = name
         candidates = HEAP_ALIASES.get(name)
-        if candidates is None:
-            fd = self._backend.open_heap(name)
-        else:
-            self._name, fd = _open_alias(self._backend, name, candidates)
+        try:
+            if candidates is None:
+                fd = self._backend.open_heap(name)
+            else:
+                self._name, fd = _open_alias(self._backend, name, candidates)
+        except OSError as exc:  # e.g. EMFILE from the fallback's placeholder open
+            if isinstance(exc, Error):
+                raise
+            raise error(exc.errno or E.EIO, f"opening heap {name!r}") from None
         self._allocate = self._backend.allocator(self._name)
         self._cell = [fd]
         self._fd = fd
@@ -82,11 +101,12 @@ class Heap(FdHolder):
     def allocate(self, size: int, *, name: str | None = None) -> Buffer:
         """A new zeroed, read-write buffer of ``size`` bytes rounded up to pages."""
         if type(size) is not int or size <= 0 or size > _MEMORY:
-            check_size(size)
-            # The system heap has no cap and its pages are not charged to the caller:
-            # an oversized request makes the OOM killer pick some other process.
-            raise error(E.ENOMEM, f"allocating {size} bytes from heap {self._name!r}",
-                        f"larger than this machine's {_MEMORY} bytes of memory")
+            size = check_size(size)
+            if size > _MEMORY:
+                # The system heap has no cap and its pages are not charged to the caller:
+                # an oversized request makes the OOM killer pick some other process.
+                raise error(E.ENOMEM, f"allocating {size} bytes from heap {self._name!r}",
+                            f"larger than this machine's {_MEMORY} bytes of memory")
         if name is not None:
             check_name(name)
         hold_append(self)
@@ -95,12 +115,20 @@ class Heap(FdHolder):
             if heap_fd < 0:
                 raise closed("Heap")
             fd = self._allocate(heap_fd, size)
+        except OSError as exc:  # e.g. EMFILE from the fallback's memfd_create: the library's error
+            if isinstance(exc, Error):
+                raise
+            raise error(exc.errno or E.EIO, f"allocating {size} bytes from heap {self._name!r}") from None
         finally:
             hold_remove(self)  # _release, inlined on this hot path
             if self._fd < 0:
                 finish(self)
         buf = new_buffer(fd, (size + _PAGE_MASK) & ~_PAGE_MASK, self._backend)
         return buf if name is None else named(buf, name)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(f"cannot pickle a Heap: open Heap({self._name!r}) in the process that "
+                        "allocates (a Buffer passes to multiprocessing workers)")
 
     def __repr__(self) -> str:
         state = f"fd={self._fd}" if self._fd >= 0 else "closed"

@@ -15,15 +15,25 @@ only when someone waits.
 from __future__ import annotations
 
 import collections
+import errno
+import resource
 import threading
 from collections.abc import Iterable
 from types import TracebackType
 
 from .allocator import Allocator
 from .buffer import Buffer, encode_name
-from .errors import check_name, closed, invalid, timed_out
+from .errors import check_index, check_name, closed, error, invalid, timed_out
 from .heap import check_size
 from .uapi.wait import deadline, expired, remaining_s
+
+
+def _check_fd_budget(count: int) -> None:
+    """A pool of ``count`` buffers holds ``count`` fds at least: refuse one that cannot fit
+    under this process's fd limit before allocating (as the channel's Producer does)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and count >= soft:
+        raise error(errno.EMFILE, f"BufferPool: a pool of {count} buffers (one fd each at least)")
 
 
 class Lease:
@@ -73,11 +83,11 @@ class BufferPool:
 
     def __init__(self, size: int, count: int, *, allocator: Allocator | None = None,
                  name: str | None = None) -> None:
-        check_size(size)
-        if type(count) is not int or count <= 0:
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise TypeError(f"count must be an int, got {type(count).__name__}")
+        size = check_size(size)
+        count = check_index(count, "count")  # numpy integers too; not bool (TypeError)
+        if count <= 0:
             raise invalid(f"count must be > 0, got {count}")
+        _check_fd_budget(count)
         self._setup(count, allocator, name)
         try:
             for i in range(count):

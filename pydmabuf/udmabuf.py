@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno as E
 import os
 
-from ._fd import as_fd
+from ._fd import FD_MAX, as_fd
 from .backends import Backend, get_backend
 from .buffer import Buffer, encode_name, named, new_buffer
-from .errors import error, invalid
+from .errors import Error, check_index, error, invalid
 from .heap import check_size
 from .uapi import memfd as _memfd
+from .uapi.ops import cached_stat
 
 _U63 = 2**63  # offsets and sizes must fit the kernel's u64 fields as non-negative off_t
 
@@ -21,7 +23,12 @@ def udmabuf(size: int, *, name: str | None = None, backend: str | Backend | None
         raise invalid(f"size {size} is too large")
     if name is not None:
         encode_name(name)  # TypeError / InvalidArgumentError before anything is made
-    memfd = _memfd.sealed_memfd(f"pydmabuf-udmabuf:{name or ''}", size, _memfd.F_SEAL_SHRINK)
+    try:
+        memfd = _memfd.sealed_memfd(f"pydmabuf-udmabuf:{name or ''}", size, _memfd.F_SEAL_SHRINK)
+    except OSError as exc:  # EMFILE, ENOMEM...: the library's error
+        if isinstance(exc, Error):
+            raise
+        raise error(exc.errno or E.EIO, f"udmabuf({size}): a memfd for it") from None
     try:
         buf = udmabuf_from_ranges([(memfd, 0, size)], backend=backend)
     finally:
@@ -36,18 +43,23 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
     The memfd must be created with MFD_ALLOW_SEALING and sealed with F_SEAL_SHRINK;
     offset and size must be page-aligned.
     """
-    fd = memfd if type(memfd) is int and memfd >= 0 else as_fd(memfd)
+    fd = memfd if type(memfd) is int and 0 <= memfd <= FD_MAX else as_fd(memfd)
     if type(offset) is not int or not 0 <= offset < _U63:
         offset = _int(offset, "offset")
     if size is None:
         try:
-            size = os.fstat(fd).st_size - offset
-        except OSError as exc:
-            raise error(exc.errno or 9, f"fstat of memfd {fd}") from None
+            size = cached_stat(fd)[1] - offset  # asks no FUSE server (see uapi.ops)
+        except (OSError, OverflowError) as exc:
+            raise error(getattr(exc, "errno", None) or E.EBADF, f"statx of memfd {fd}") from None
     if type(size) is not int or not 0 <= size < _U63:
         size = _int(size, "size")
     b = _default[0] if backend is None and _default else _backend(backend)
-    new = b.udmabuf_one(fd, offset, size)
+    try:
+        new = b.udmabuf_one(fd, offset, size)
+    except OSError as exc:  # EMFILE from a dup on the fallback...: the library's error
+        if isinstance(exc, Error):
+            raise
+        raise error(exc.errno or E.EIO, "UDMABUF_CREATE") from None
     return new_buffer(new, size, b, offset if b.udmabuf_keeps_offset else 0)
 
 
@@ -71,13 +83,24 @@ def udmabuf_from_ranges(ranges: list[tuple[object, int, int]], *,
         memfd, offset, size = item
         items.append((as_fd(memfd), _int(offset, "offset"), _int(size, "size")))
     b = get_backend(backend)
-    fd, offset, total = b.udmabuf(items)
+    try:
+        fd, offset, total = b.udmabuf(items)
+    except OSError as exc:
+        if isinstance(exc, Error):
+            raise
+        raise error(exc.errno or E.EIO, "UDMABUF_CREATE_LIST") from None
     return new_buffer(fd, total, b, offset)
 
 
 def _int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise invalid(f"{what} must be an int, got {type(value).__name__}")
+    """An offset or size: an int or integer with ``__index__`` (numpy's) in 0..2**63-1;
+    InvalidArgumentError otherwise (also for a non-integer, as always here)."""
+    if type(value) is not int:
+        try:
+            value = check_index(value, what)
+        except TypeError:
+            raise invalid(f"{what} must be an int, got {type(value).__name__}") from None
     if not 0 <= value < _U63:
         raise invalid(f"{what} must be in 0..2**63-1, got {value}")
     return value
+

@@ -45,9 +45,53 @@ def test_buffer_protocol_and_numpy_zero_copy(heap: pydmabuf.Heap) -> None:
 
 def test_read_only_mapping_refuses_writes(heap: pydmabuf.Heap) -> None:
     with heap.allocate(4096) as buf, buf.map(write=False) as m:
-        with pytest.raises(TypeError):
-            m[0] = 1
+        for write in (lambda: m.__setitem__(0, 1), lambda: m.__setitem__(slice(0, 2), b"ab"),
+                      lambda: m.write(b"x"), lambda: m.write_byte(1), lambda: m.move(0, 1, 1)):
+            # The library's error, still the TypeError that mmap raised before.
+            with pytest.raises(pydmabuf.errors.ReadOnlyError, match="write=True") as refused:
+                write()
+            assert isinstance(refused.value, TypeError) and isinstance(refused.value, pydmabuf.PermissionDeniedError)
+            assert refused.value.errno == errno.EACCES
         assert memoryview(m).readonly
+        assert m[:2] == bytes(2) and "read-only" in repr(m)
+
+
+def test_closed_mapping_raises_closed_error(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        for write in (True, False):
+            m = buf.map(write=write)
+            m.close()
+            for name, args in (("__getitem__", (slice(0, 4),)), ("__getitem__", (0,)), ("__setitem__", (0, 1)),
+                               ("__len__", ()), ("read", (1,)), ("find", (b"x",)), ("seek", (0,)), ("size", ()),
+                               ("flush", ()), ("write", (b"x",)), ("__enter__", ())):
+                # ClosedError is a ValueError, what mmap raised before ("mmap closed or invalid").
+                with pytest.raises(pydmabuf.ClosedError, match="closed Mapping"):
+                    getattr(m, name)(*args)
+            m.close()  # again: nothing
+            assert m.closed and repr(m) == "<pydmabuf.Mapping closed>"
+            assert isinstance(m, pydmabuf.Mapping)
+
+
+def test_closing_a_mapping_under_a_live_array(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(4096) as buf:
+        m = buf.map()
+        arr = np.frombuffer(m, np.uint8)
+        for close in (m.close, lambda: m.__exit__(None, None, None)):
+            with pytest.raises(pydmabuf.errors.MappingInUseError, match="del array") as busy:
+                close()
+            assert isinstance(busy.value, BufferError) and busy.value.errno == errno.EBUSY
+        assert not m.closed and m[0] == 0  # still open and usable
+        del arr
+        m.close()
+        assert m.closed
+
+
+def test_mapping_cannot_be_resized(heap: pydmabuf.Heap) -> None:
+    # mmap.resize would ftruncate the buffer's file (a fallback memfd would grow).
+    with heap.allocate(4096) as buf, buf.map() as m:
+        with pytest.raises(pydmabuf.UnsupportedError, match="fixed size"):
+            m.resize(8192)
+        assert len(m) == 4096 and buf.info().size == 4096
 
 
 def test_mapping_outlives_buffer_object(heap: pydmabuf.Heap) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,7 +81,7 @@ def _managed(capsule: object, name: bytes) -> Any:
 
 def test_versioned_capsule_fields(buf: pydmabuf.Buffer) -> None:
     with buf.map(write=False) as m:
-        capsule = m.__dlpack__(max_version=(1, 2))
+        capsule = m.__dlpack__(max_version=(1, 2), dl_device=None, copy=None)  # as numpy calls
         assert "dltensor_versioned" in repr(capsule)
         managed = _managed(capsule, b"dltensor_versioned")
         assert (managed.version.major, managed.version.minor) == (1, 1)
@@ -281,3 +283,143 @@ def test_torch_shares_the_mapping(buf: pydmabuf.Buffer) -> None:
         t[:3] = 1
         assert m[:3] == b"\x01\x01\x01"
         del t
+
+
+# --- read-only mappings and consumers that ignore DLPack's read-only flag ---------------
+
+def test_read_only_refused_to_a_consumer_that_calls_as_torch_does(buf: pydmabuf.Buffer) -> None:
+    # torch.from_dlpack, torch.asarray and torch.tensor pass max_version alone (and
+    # dl_device= or copy= only when their caller gave device= or copy=): a versioned
+    # capsule, whose READ_ONLY flag torch ignores. Without torch, call as it does.
+    with buf.map(write=False) as m:
+        rc = sys.getrefcount(m)
+        for kwargs in ({"max_version": (1, 0)}, {"max_version": (1, 0), "dl_device": (1, 0)},
+                       {"max_version": (1, 0), "copy": False}, {"max_version": (1, 0), "copy": None}):
+            with pytest.raises(BufferError, match=r"read-only.*write=True.*copy=True"):
+                m.__dlpack__(**kwargs)
+            assert sys.getrefcount(m) == rc and dlpack.pending() == 0  # nothing held
+        with pytest.raises(BufferError, match="max_version"):
+            m.__dlpack__()  # legacy: cannot carry the flag at all
+    with buf.map() as w:  # a writable mapping goes to anyone
+        del_capsule = w.__dlpack__(max_version=(1, 0))
+        del del_capsule
+
+
+def _from_torch_code(code: str, **names: object) -> Any:
+    """Run ``code`` as if it were torch's own (its module name is torch.utils.dlpack)."""
+    scope: dict[str, Any] = {"__name__": "torch.utils.dlpack", **names}
+    exec(compile(textwrap.dedent(code), "<torch/utils/dlpack.py>", "exec"), scope)
+    return scope.get("result")
+
+
+class ForwardingView:
+    """A wrapper whose __dlpack__ fills in every keyword before forwarding."""
+
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+
+    def __dlpack__(self, stream: object = None, max_version: tuple[int, int] | None = None,
+                   dl_device: tuple[int, int] | None = None, copy: bool | None = None) -> object:
+        return self.mapping.__dlpack__(stream=stream, max_version=max_version, dl_device=dl_device, copy=copy)
+
+
+def test_read_only_refused_to_torch_code_even_in_the_full_form(buf: pydmabuf.Buffer) -> None:
+    # torch.from_dlpack(m, device="cpu", copy=False) passes all three keywords; its
+    # module gives it away, also through a wrapper that forwards every keyword.
+    with buf.map(write=False) as m:
+        for target in (m, ForwardingView(m)):
+            with pytest.raises(BufferError, match="torch ignores DLPack's read-only flag"):
+                _from_torch_code("result = target.__dlpack__(max_version=(1, 0), dl_device=(1, 0), copy=False)",
+                                 target=target)
+        # The same call from anywhere else is numpy's form: read-only goes out, flagged.
+        capsule = ForwardingView(m).__dlpack__(max_version=(1, 0))
+        assert _managed(capsule, b"dltensor_versioned").flags == 1  # READ_ONLY
+        del capsule
+
+
+def test_read_only_copy_true_goes_to_any_consumer(buf: pydmabuf.Buffer) -> None:
+    with buf.map(write=False) as m:
+        for kwargs in ({"max_version": (1, 0), "copy": True}, {"copy": True}):
+            capsule = _from_torch_code("result = m.__dlpack__(**kwargs)", m=m, kwargs=kwargs)
+            if "max_version" in kwargs:
+                assert _managed(capsule, b"dltensor_versioned").flags == 2  # IS_COPIED, writable
+            del capsule
+        dlpack.collect()
+        assert dlpack.pending() == 0
+
+
+def test_numpy_still_gets_a_read_only_array_through_a_wrapper(buf: pydmabuf.Buffer) -> None:
+    with buf.map(write=False) as m:
+        arr = np.from_dlpack(ForwardingView(m))
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True  # numpy keeps it read-only
+        del arr
+
+
+TORCH_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash here leaves no core file
+import torch, pydmabuf
+
+with pydmabuf.Heap("system") as heap, heap.allocate(4096) as buf:
+    with buf.map() as w:
+        w[:2] = b"ab"
+    with buf.map(write=False) as m:
+        for name, call in [("from_dlpack", lambda: torch.from_dlpack(m)),
+                           ("from_dlpack(device=cpu, copy=False)",
+                            lambda: torch.from_dlpack(m, device="cpu", copy=False)),
+                           ("from_dlpack(copy=False)", lambda: torch.from_dlpack(m, copy=False))]:
+            try:
+                t = call()
+            except BufferError as exc:
+                print("refused", name, "write=True" in str(exc), flush=True)
+                continue
+            print("GOT A TENSOR", name, flush=True)
+            t[0] = 1  # SIGSEGV if torch made it writable over PROT_READ memory
+            del t
+        t = torch.from_dlpack(m, copy=True)
+        t[0] = 9  # a private copy
+        print("copy", bytes(m[:2]) == b"ab" and int(t[0]) == 9 and int(t[1]) == ord("b"), flush=True)
+        del t
+"""
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    if os.environ.get("PYDMABUF_IN_VM"):
+        pytest.skip("importing torch under the VM's emulation takes minutes; the native run checks torch")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_torch_never_gets_a_read_only_mapping() -> None:
+    pytest.importorskip("torch", reason="torch is optional and not installed here")
+    done = _run_child(TORCH_CHILD)  # a child: a wrong answer here is a SIGSEGV
+    assert done.returncode == 0, f"child exit {done.returncode}:\n{done.stdout}{done.stderr}"
+    lines = done.stdout.splitlines()
+    assert lines == ["refused from_dlpack True", "refused from_dlpack(device=cpu, copy=False) True",
+                     "refused from_dlpack(copy=False) True", "copy True"], done.stdout + done.stderr
+
+
+TORCH_IGNORES_THE_FLAG = """
+import resource
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+import torch, pydmabuf
+
+with pydmabuf.Heap("system") as heap, heap.allocate(4096) as buf, buf.map(write=False) as m:
+    capsule = m.__dlpack__(max_version=(1, 0), dl_device=None, copy=None)  # READ_ONLY set
+    t = torch.from_dlpack(capsule)
+    print("tensor", flush=True)
+    t[0] = 1
+    print("wrote", flush=True)
+"""
+
+
+def test_torch_is_known_to_ignore_the_read_only_flag() -> None:
+    # Why torch is in IGNORES_READ_ONLY: handed a versioned READ_ONLY capsule, it makes a
+    # writable tensor, and the write kills the process. If this starts failing, the
+    # installed torch honours the flag: the list may then name the versions that don't.
+    torch = pytest.importorskip("torch", reason="torch is optional and not installed here")
+    done = _run_child(TORCH_IGNORES_THE_FLAG)
+    assert "torch" in dlpack.IGNORES_READ_ONLY
+    assert done.stdout.startswith("tensor") and done.returncode == -11, (
+        f"torch {torch.__version__} (exit {done.returncode}): {done.stdout}{done.stderr}")

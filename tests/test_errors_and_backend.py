@@ -129,3 +129,65 @@ def test_buffer_and_syncfile_reject_each_other() -> None:
         with pydmabuf.Timeline(backend="fallback") as tl, tl.fence(1) as fence, \
                 pytest.raises(pydmabuf.InvalidArgumentError):
             pydmabuf.Buffer.from_fd(fence.fileno(), own=False, backend="fallback")
+
+
+def test_emfile_and_enfile_are_typed_and_name_the_limit() -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    exc = errors.error(errno.EMFILE, "Heap.allocate")
+    assert isinstance(exc, errors.TooManyOpenFilesError) and exc.errno == errno.EMFILE
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    assert f"may have {limit} open fds (RLIMIT_NOFILE" in str(exc)
+    assert isinstance(errors.error(errno.ENFILE, "x"), errors.TooManyOpenFilesError)
+    assert "a hint" in str(errors.error(errno.EMFILE, "x", "a hint"))  # a given hint stands
+
+
+def _out_of_fds() -> int:
+    """In a forked child: make what the calls need, lower the fd limit to 64, use up
+    every fd, then each call must raise TooManyOpenFilesError naming the limit. The exit
+    status says which did not (10 + its index), and the captured output why."""
+    import resource
+    import traceback
+
+    from conftest import TIMELINE_MISSING
+
+    heap = pydmabuf.Heap("system") if "system" in pydmabuf.heaps() else None
+    timeline = None if TIMELINE_MISSING else pydmabuf.Timeline()  # made here: a Timeline is its maker's
+    buf = heap.allocate(4096) if heap else pydmabuf.udmabuf(4096)
+    calls: dict[str, object] = {"Buffer.map": buf.map, "udmabuf": lambda: pydmabuf.udmabuf(4096),
+                                "BufferPool": lambda: pydmabuf.BufferPool(4096, 2)}
+    if heap is not None:
+        calls.update({"Heap.allocate": lambda: heap.allocate(4096), "Heap()": lambda: pydmabuf.Heap("system")})
+    if timeline is not None:
+        calls["Timeline.fence"] = lambda: timeline.fence(1)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    taken = []
+    try:
+        while True:
+            taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass
+    for status, (name, call) in enumerate(calls.items(), start=10):
+        try:
+            result = call()  # type: ignore[operator]
+        except errors.TooManyOpenFilesError as exc:
+            if "may have 64 open fds (RLIMIT_NOFILE" not in str(exc) or exc.errno != errno.EMFILE:
+                print(name, "message:", exc)
+                return status
+            continue
+        except BaseException:
+            print(name, "raised:")
+            traceback.print_exc()
+            return status
+        print(name, "succeeded:", result)
+        return status
+    return 0
+
+
+def test_out_of_fds_is_a_library_error_that_names_the_limit() -> None:
+    from _procs import fork, join
+
+    status = join(fork(_out_of_fds), timeout=60)
+    assert status == 0, f"exit status {status}: see the captured output"

@@ -289,6 +289,34 @@ def test_plane_views_are_numpy_arrays_on_the_buffer() -> None:
             assert raw[768 * 479 + 239 * 768 + 641] == 240 and raw[768 * 479 + 239 * 768 + 642] == 0
 
 
+def test_indices_out_of_range_are_library_errors() -> None:
+    # InvalidIndexError: a pydmabuf.Error (EINVAL, an InvalidArgumentError) and still the
+    # IndexError these raised before.
+    with allocate_frame(16, 16, "NV12") as frame:
+        for call in (lambda: frame.plane_view(2), lambda: frame.plane_extent(7), lambda: frame.plane_extent(-1),
+                     lambda: frame.plane_view(2**70)):
+            with pytest.raises(pydmabuf.errors.InvalidIndexError, match=r"planes are 0\.\.1") as bad:
+                call()
+            assert isinstance(bad.value, IndexError) and isinstance(bad.value, pydmabuf.InvalidArgumentError)
+        with frame.plane_view(np.int64(1)) as view:  # any integer with __index__
+            assert frame.plane_extent(np.uint8(1)) == (8, 16) and view.rows == 8
+            assert view.row(np.int32(7)).nbytes == 16
+            with pytest.raises(pydmabuf.errors.InvalidIndexError, match=r"rows are 0\.\.7"):
+                view.row(8)
+            for junk in (1.0, "0", None):
+                with pytest.raises(TypeError):
+                    view.row(junk)  # type: ignore[arg-type]
+        for junk in (1.0, "0", None, True):
+            with pytest.raises(TypeError, match="plane index"):
+                frame.plane_view(junk)  # type: ignore[arg-type]
+
+
+def test_integer_arguments_take_numpy_integers() -> None:
+    with allocate_frame(np.int64(16), np.uint16(8), "NV12", pitch_align=np.int32(64)) as frame:
+        assert (frame.width, frame.height, frame.planes[0].pitch) == (16, 8, 64)
+        assert type(frame.width) is int
+
+
 def test_read_only_views_and_rows() -> None:
     with allocate_frame(5, 3, "RGB888", pitch_align=1) as frame:
         with frame.plane_view(0) as view:

@@ -97,9 +97,10 @@ def _resource_sharer() -> None:
     # multiprocessing's resource sharer keeps a listener open for the life of the
     # process: open it before the per-test fd count (as test_multiprocessing does).
     import pickle
+    from multiprocessing.reduction import ForkingPickler
 
     with pydmabuf.Heap("system") as heap, heap.allocate(4096) as buf:
-        pickle.loads(pickle.dumps(buf)).close()
+        pickle.loads(ForkingPickler.dumps(buf)).close()  # only multiprocessing pickles a Buffer
 
 
 def test_frame_pickles_for_multiprocessing(_resource_sharer: None) -> None:

@@ -2,10 +2,19 @@
 
 Contract (README, "Arguments"): bad arguments raise only documented exceptions, the
 same on both backends: a ``pydmabuf.Error`` (``InvalidArgumentError`` and
-``ClosedError`` are ``ValueError`` s too), ``TypeError`` or ``ValueError``. Anything
-else (``AttributeError``, ``OverflowError``, ``IndexError``, ``struct.error``, a raw
-``OSError``...) fails, and so does a change in the process's fd count after an
-example. Whatever succeeds is closed again.
+``ClosedError`` are ``ValueError`` s too) or ``TypeError``; ``BufferError`` from
+``Mapping.__dlpack__``; mmap's own sequence errors from indexing a Mapping; and
+whatever a hostile argument's own ``__index__`` or ``fileno()`` raises, unchanged (as
+Python's ``operator.index`` lets it through). Anything else (``AttributeError``,
+``OverflowError``, ``IndexError``, ``struct.error``, a raw ``OSError``...) fails the
+example at once, and so does a change in the process's fd count after an example;
+``test_every_exception_seen_is_documented`` (last) also rejects a bare ValueError
+or a documented type from the wrong entry point, and prints what each raised.
+Whatever succeeds is closed again.
+
+Hostile values reach every entry point through ``junk`` and ``ints``: huge and
+negative ints, NaN, wrong types, numpy integers, and objects whose ``__index__`` or
+``fileno()`` raises, returns junk, or returns a different value each call.
 
 Waits never block here: arbitrary timeouts go only to objects that are ready (an
 idle buffer, a signaled fence); an object that is busy gets ``bounded(timeout)``,
@@ -23,9 +32,12 @@ import contextlib
 import inspect
 import math
 import os
+import pickle
 import socket
 import stat
 import tempfile
+import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,7 +50,16 @@ import pydmabuf
 from pydmabuf import channel, credentials
 
 PAGE = 4096
-ALLOWED = (pydmabuf.Error, TypeError, ValueError)
+
+
+class HostileError(Exception):
+    """What a hostile argument's ``__index__`` or ``fileno()`` raises: it must come out
+    of the library unchanged, never swallowed or turned into something else."""
+
+
+# What attempt() lets by (bare ValueError included: test_every_exception_seen_is_documented
+# then says where it came from), plus EXTRA_DOCUMENTED for the entry.
+ALLOWED = (pydmabuf.Error, TypeError, ValueError, HostileError)
 # Examples per entry point; PYDMABUF_FUZZ_EXAMPLES=N fuzzes longer (still deterministic).
 # Under the VM's emulation every example costs ~10x: fewer there, still every entry point
 # on the kernel backend (the full count runs natively on every CI run).
@@ -60,10 +81,56 @@ WEIRD_INTS = [-1, 0, 1, 7, 4095, 4096, 4097, -4096, 2**31 - 1, 2**31, 2**31 + 5,
               2**63, 2**64, -2**31, -2**63, -2**64, 10**30, 2**1024, -2**1024]
 WEIRD_FLOATS = [math.nan, math.inf, -math.inf, -0.0, 0.0, 0.5, 1e-300, 5e-324, 1e300, -1e300,
                 2147484.0, 2147483.648, 9.3e18, 1.8e19, -1.0]
-ints = st.one_of(st.sampled_from(WEIRD_INTS), st.integers())
+
+
+class RaisingIndex:
+    """An integer whose ``__index__`` raises."""
+
+    def __index__(self) -> int:
+        raise HostileError("__index__ refuses")
+
+    def __repr__(self) -> str:
+        return "RaisingIndex()"
+
+
+class LyingIndex:
+    """An integer whose ``__index__`` returns ``values`` in turn: junk, or a different
+    number each call (the library must take it once and use what it got)."""
+
+    def __init__(self, *values: object) -> None:
+        self.values = values
+        self.calls = 0
+
+    def __index__(self) -> int:
+        value = self.values[self.calls % len(self.values)]
+        self.calls += 1
+        return value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"LyingIndex{self.values!r}"
+
+
+class RaisingFileno:
+    def fileno(self) -> int:
+        raise HostileError("fileno() refuses")
+
+    def __repr__(self) -> str:
+        return "RaisingFileno()"
+
+
+try:
+    import numpy as _np
+
+    NUMPY_INTS: list[object] = [_np.int64(PAGE), _np.int64(-1), _np.uint64(2**64 - 1), _np.int32(3), _np.uint8(1),
+                                _np.float64(4096.0), _np.bool_(True)]
+except ImportError:  # numpy is optional
+    NUMPY_INTS = []
+HOSTILE_INTS = [RaisingIndex(), LyingIndex(PAGE), LyingIndex(3), LyingIndex(-1), LyingIndex(2**31), LyingIndex(2**64),
+                LyingIndex("3"), LyingIndex(PAGE, -1, 2**64), LyingIndex(1, 2**31), *NUMPY_INTS]
+ints = st.one_of(st.sampled_from(WEIRD_INTS), st.integers(), st.sampled_from(HOSTILE_INTS))
 floats = st.one_of(st.sampled_from(WEIRD_FLOATS), st.floats())
 junk_objects = st.sampled_from([object(), [], (), {}, set(), b"x", bytearray(b"y"), "\ud800", "\0",
-                                "a" * 300, Ellipsis, type, print])
+                                "a" * 300, Ellipsis, type, print, RaisingFileno(), *HOSTILE_INTS])
 junk = st.one_of(st.none(), st.booleans(), ints, floats, st.text(max_size=40), st.binary(max_size=40),
                  junk_objects)
 
@@ -85,7 +152,7 @@ backends = mostly(st.one_of(st.none(), st.sampled_from([BACKEND, "kernel", "fall
 # fd numbers that cannot be open here (nr_open caps fds below 2**20): nothing of the
 # test's can be taken over by a fuzzed number.
 impossible_fds = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**20),
-                           st.sampled_from([-1, 2**31 - 1, 2**31 + 5, 2**63, 2**64]))
+                           st.sampled_from([-1, 2**31 - 1, 2**31, 2**31 + 5, 2**32, 2**63, 2**64]))
 sizes = mostly(st.one_of(st.integers(-2**70, 2**20), st.sampled_from([PAGE, 2**31 + 5, 2**63 - 1, 2**63, 2**64,
                                                                      10**30, 2**1024])))
 offsets = mostly(st.one_of(st.sampled_from([0, PAGE, 2 * PAGE, -PAGE, 1, 2**63 - PAGE, 2**63, 2**64]),
@@ -107,18 +174,24 @@ class Fileno:
 
 
 def bounded(timeout: object) -> object:
-    """A timeout that cannot block: a valid one (None, any number >= 0) becomes 0, an
-    invalid one stays as it is."""
+    """A timeout that cannot block: a valid one (None, any number >= 0, numpy's and
+    anything else float() takes too) becomes 0, an invalid one stays as it is."""
     if timeout is None:
         return 0
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0:
-        return 0
+    if isinstance(timeout, (bool, str, bytes, bytearray)):
+        return timeout
+    try:
+        if float(timeout) >= 0:  # type: ignore[arg-type]
+            return 0
+    except Exception:
+        pass  # not a number: invalid as it is
     return timeout
 
 
 # --- bookkeeping -----------------------------------------------------------------
 
 OUTCOMES: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+SEEN: dict[str, set[type[BaseException]]] = collections.defaultdict(set)  # entry -> exception types
 
 
 def attempt(entry: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -126,11 +199,35 @@ def attempt(entry: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     exception propagates and fails the example."""
     try:
         result = fn(*args, **kwargs)
-    except ALLOWED as exc:
-        OUTCOMES[entry][type(exc).__name__] += 1
+    except ALLOWED + EXTRA_DOCUMENTED.get(entry, ()) as exc:
+        record(entry, exc)
         return None
     OUTCOMES[entry]["ok"] += 1
     return result
+
+
+def record(entry: str, exc: BaseException) -> None:
+    OUTCOMES[entry][type(exc).__name__] += 1
+    SEEN[entry].add(type(exc))
+
+
+# Entry points with documented exceptions beyond the library's, TypeError and HostileError:
+# a Mapping is an mmap.mmap, whose own rules stand for bad indices and values (m[10**9],
+# m[0] = 300, write_byte(-1)); only closed, read-only and exported mappings are the
+# library's business.
+MMAP_ARGUMENTS = (IndexError, ValueError, OverflowError)
+EXTRA_DOCUMENTED: dict[str, tuple[type[BaseException], ...]] = {
+    "Mapping.__dlpack__": (BufferError,),
+    "Mapping[i]": MMAP_ARGUMENTS,
+    "Mapping[i] = v": MMAP_ARGUMENTS,
+    "Mapping.write_byte": MMAP_ARGUMENTS,
+}
+
+
+def documented(entry: str, exc_type: type[BaseException]) -> bool:
+    if issubclass(exc_type, pydmabuf.Error) or exc_type in (TypeError, HostileError):
+        return True
+    return exc_type in EXTRA_DOCUMENTED.get(entry, ())
 
 
 def close_all(*objs: Any) -> None:
@@ -176,6 +273,12 @@ class Pool:
         self.closed_fence.close()
         self.closed_heap = pydmabuf.Heap("system")
         self.closed_heap.close()
+        # A frame whose mappings are made once here (the frame keeps them), and a view.
+        self.frame = pydmabuf.allocate_frame(16, 16, "NV12", allocator=self.heap)
+        for write in (True, False):
+            for view in self.frame.plane_views(write=write):
+                view.release()
+        self.view = self.frame.plane_view(1)
         self.by_name: dict[str, object] = {
             "signaled": self.signaled, "pending": self.pending, "idle": self.idle,
             "busy": self.busy, "closed_buffer": self.closed_buffer,
@@ -183,7 +286,8 @@ class Pool:
         }
 
     def close(self) -> None:
-        close_all(self.idle, self.busy, self.signaled, self.pending, self.heap, self.timeline)
+        self.view.release()
+        close_all(self.frame, self.idle, self.busy, self.signaled, self.pending, self.heap, self.timeline)
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +579,7 @@ def waitable_list(pool: Pool, items: object, timeout: object) -> tuple[object, o
         items = [resolve(pool, i) for i in items]
         if may_block(pool, items):
             timeout = bounded(timeout)
-    elif timeout is None or isinstance(timeout, (int, float)):
+    else:
         timeout = bounded(timeout)  # junk iterables: never risk a blocking wait
     return items, timeout
 
@@ -612,7 +716,10 @@ def _optional(fn: Callable[..., Any], **kwargs: object) -> dict[str, object]:
 PRODUCER_ARGS = {
     "path": st.text(max_size=20).map(lambda t: _ABSTRACT + t) | channel_paths,
     "size": st.one_of(st.integers(-PAGE, 4 * PAGE), st.sampled_from([2**31 + 5, 2**63, 2**64])),
-    "count": st.integers(-1, 3),  # no large valid count: it would allocate until fds run out
+    # No large valid count: it would allocate until fds run out (one past the fd limit
+    # is refused up front).
+    "count": st.one_of(st.integers(-1, 3), st.sampled_from([2**31, 2**64, RaisingIndex(), LyingIndex(2),
+                                                           LyingIndex(2**31), LyingIndex(2, 2**31), *NUMPY_INTS[3:5]])),
     "heap": st.sampled_from([None, ("pool", "heap"), ("pool", "closed_heap")]),
     "buffers": st.sampled_from([None, 0, 1, 2]),
     "allow_uids": id_lists,
@@ -657,3 +764,198 @@ def test_consumer_connect(path: object, timeout: object, allow_uids: object) -> 
 def test_consumer_init(sock: object) -> None:
     with same_fd_count(), socket_arg(sock) as (arg, _peer):
         close_all(attempt("channel.Consumer()", channel.Consumer, arg))
+
+
+# --- mappings: indexing, writes, close, DLPack ------------------------------------------
+
+MAPPINGS = ["writable", "read-only", "closed", "closed read-only"]
+indices = st.one_of(ints, st.builds(slice, ints, st.one_of(st.none(), ints), st.one_of(st.none(), ints)),
+                    st.builds(slice, st.none(), st.one_of(st.none(), ints)), junk)
+byte_values = st.one_of(st.integers(-2, 300), st.binary(max_size=8), st.sampled_from([b"\0" * PAGE]), junk)
+
+
+@contextlib.contextmanager
+def a_mapping(pool: Pool, kind: str) -> Iterator[pydmabuf.Mapping]:
+    m = pool.idle.map(write=kind == "writable" or kind == "closed")
+    try:
+        if kind.startswith("closed"):
+            m.close()
+        yield m
+    finally:
+        m.close()
+
+
+@fuzz
+@given(kind=st.sampled_from(MAPPINGS), index=indices, value=byte_values)
+def test_mapping_indexing(pool: Pool, kind: str, index: object, value: object) -> None:
+    with same_fd_count(), a_mapping(pool, kind) as m:
+        attempt("Mapping[i]", lambda: m[index])  # type: ignore[index]
+        if kind == "writable" and isinstance(value, bytes) and len(value) == PAGE:
+            value = b"\0"  # never overwrite the whole shared buffer with something else
+        attempt("Mapping[i] = v", m.__setitem__, index, value)
+        attempt("Mapping.write", m.write, value)
+        attempt("Mapping.write_byte", m.write_byte, value)
+        attempt("len(Mapping)", len, m)
+        attempt("Mapping.resize", m.resize, index)
+        attempt("Mapping.close", m.close)
+
+
+EXPORTS = ["memoryview", "numpy.frombuffer", "dlpack"]
+
+
+@settings(fuzz, max_examples=EXAMPLES // 2)
+@given(export=st.sampled_from(EXPORTS), write=st.booleans())
+def test_mapping_close_under_an_export(pool: Pool, export: str, write: bool) -> None:
+    from pydmabuf import dlpack
+
+    with same_fd_count():
+        m = pool.idle.map(write=write)
+        if export == "memoryview":
+            user: Any = memoryview(m)
+        elif export == "numpy.frombuffer":
+            np = pytest.importorskip("numpy")
+            user = np.frombuffer(m, np.uint8)
+        else:
+            user = m.__dlpack__(max_version=(1, 0), dl_device=None, copy=None)
+        try:
+            m.close()
+        except pydmabuf.errors.MappingInUseError as exc:
+            assert "del array" in str(exc)
+            record("Mapping.close (exported)", exc)
+        assert not m.closed, "closed under a live export"
+        if isinstance(user, memoryview):
+            user.release()
+        del user
+        dlpack.collect()
+        m.close()
+        assert m.closed
+
+
+# torch.from_dlpack's own call, compiled as torch's code (the module name says so)
+_AS_TORCH = compile(textwrap.dedent("""
+    result = target.__dlpack__(**kwargs)
+"""), "<torch/utils/dlpack.py>", "exec")
+versions = mostly(st.one_of(st.none(), st.tuples(st.integers(-1, 3), st.integers(-1, 3))),
+                  st.one_of(junk, st.tuples(ints, ints), st.lists(ints, max_size=3)))
+devices = mostly(st.one_of(st.none(), st.sampled_from([(1, 0), (2, 0), (1, 1), [1, 0], (13, 0)])),
+                 st.one_of(junk, st.tuples(ints, ints)))
+copies = mostly(st.one_of(st.none(), st.booleans()))
+streams = mostly(st.none(), st.one_of(ints, junk))
+
+
+@fuzz
+@given(kind=st.sampled_from(MAPPINGS), stream=streams, max_version=versions, dl_device=devices, copy=copies,
+       given_keys=st.sets(st.sampled_from(["stream", "max_version", "dl_device", "copy"])), as_torch=st.booleans())
+def test_dlpack(pool: Pool, kind: str, stream: object, max_version: object, dl_device: object, copy: object,
+                given_keys: set[str], as_torch: bool) -> None:
+    from pydmabuf import dlpack
+    from pydmabuf.uapi import dlpack_abi
+
+    kwargs = {k: v for k, v in (("stream", stream), ("max_version", max_version), ("dl_device", dl_device),
+                                ("copy", copy)) if k in given_keys}
+    with same_fd_count(), a_mapping(pool, kind) as m:
+        def export() -> object:
+            if as_torch:
+                scope: dict[str, Any] = {"__name__": "torch.utils.dlpack", "target": m, "kwargs": kwargs}
+                exec(_AS_TORCH, scope)
+                return scope["result"]
+            return m.__dlpack__(**kwargs)
+
+        capsule = attempt("Mapping.__dlpack__", export)
+        attempt("Mapping.__dlpack_device__", m.__dlpack_device__)
+        if capsule is not None and kind == "read-only" and copy is not True:
+            # A read-only mapping goes out only flagged, to numpy's form of call, never to torch.
+            assert "dl_device" in kwargs and "copy" in kwargs and not as_torch
+            assert dlpack_abi.capsule_is_valid(capsule, dlpack_abi.VERSIONED_NAME)
+        del capsule
+        dlpack.collect()
+        assert dlpack.pending() == 0
+
+
+# --- frames: plane and row indices ------------------------------------------------------
+
+@fuzz
+@given(index=mostly(st.integers(-3, 3), ints), row=mostly(st.integers(-2, 9), ints), write=flags)
+def test_frame_indices(pool: Pool, index: object, row: object, write: object) -> None:
+    with same_fd_count():
+        view = attempt("Frame.plane_view", pool.frame.plane_view, index, write=write)
+        if view is not None:
+            view.release()
+        attempt("Frame.plane_extent", pool.frame.plane_extent, index)
+        attempt("PlaneView.row", pool.view.row, row)
+
+
+# --- pools and pickling -----------------------------------------------------------------
+
+pool_counts = mostly(st.integers(-2, 3), st.one_of(st.sampled_from([2**31, 2**63, 2**64, 10**30]), junk))
+pool_sizes = mostly(st.one_of(st.integers(-PAGE, 4 * PAGE), st.sampled_from([2**63, 2**64, 10**30])),
+                    st.one_of(st.sampled_from(HOSTILE_INTS), junk))
+
+
+@settings(fuzz, max_examples=EXAMPLES // 2)
+@given(size=pool_sizes, count=pool_counts, name=st.one_of(st.none(), names))
+def test_buffer_pool(size: object, count: object, name: object) -> None:
+    from pydmabuf.pool import BufferPool
+
+    with same_fd_count():
+        close_all(attempt("BufferPool()", BufferPool, size, count, name=name))
+
+
+PICKLED = ["idle", "busy", "closed_buffer", "signaled", "pending", "closed_fence", "heap", "frame"]
+
+
+@settings(fuzz, max_examples=EXAMPLES // 2)
+@given(which=st.sampled_from(PICKLED), protocol=st.integers(0, pickle.HIGHEST_PROTOCOL), nested=st.booleans())
+def test_pickle_outside_multiprocessing(pool: Pool, which: str, protocol: int, nested: bool) -> None:
+    obj: object = pool.frame if which == "frame" else pool.by_name[which]
+    threads = threading.active_count()
+    with same_fd_count():
+        with pytest.raises(TypeError, match="pickle"):
+            pickle.dumps([obj] if nested else obj, protocol)
+        attempt("pickle.dumps", pickle.dumps, obj, protocol)
+    assert threading.active_count() == threads  # no resource sharer started
+
+
+# --- a channel's delivery -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def deliveries(pool: Pool) -> Iterator[list[Any]]:
+    """Two received deliveries, one without a fence and one with a signaled one."""
+    path = f"{_ABSTRACT}delivery"
+    producer = channel.Producer(path, size=PAGE, count=2)
+    connected: list[channel.Consumer] = []
+    thread = threading.Thread(target=lambda: connected.append(channel.Consumer.connect(path, timeout=20)))
+    thread.start()
+    producer.wait_for_consumers(1, timeout=20)
+    thread.join(20)
+    consumer = connected[0]
+    producer.submit(producer.acquire(5))
+    with pool.timeline.fence(1) as fence:  # signaled already
+        producer.submit(producer.acquire(5), fence)
+    got = [consumer.receive(timeout=20), consumer.receive(timeout=20)]
+    yield got
+    for delivery in got:
+        delivery.release()
+    consumer.close()
+    producer.close()
+
+
+@fuzz
+@given(which=st.sampled_from([0, 1]), timeout=timeouts)
+def test_delivery_wait(deliveries: list[Any], which: int, timeout: object) -> None:
+    with same_fd_count():  # nothing here can block: no fence, or a signaled one
+        attempt("Delivery.wait", deliveries[which].wait, timeout)
+
+
+# --- what was seen ------------------------------------------------------------------------
+
+def test_every_exception_seen_is_documented() -> None:
+    """Last in the module: every exception type any entry point raised above is one it
+    documents (library errors, TypeError, the hostile argument's own, and the few
+    builtins noted in EXTRA_DOCUMENTED). Run with -s for the counts."""
+    seen = collections.Counter(cls.__name__ for classes in SEEN.values() for cls in classes)
+    print(f"\nexception types seen on {BACKEND} (entry points raising each): "
+          + ", ".join(f"{name} {n}" for name, n in seen.most_common()))
+    undocumented = sorted(f"{entry}: {cls.__module__}.{cls.__qualname__}"
+                          for entry, classes in SEEN.items() for cls in classes if not documented(entry, cls))
+    assert not undocumented, "undocumented exceptions:\n  " + "\n  ".join(undocumented)

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
 
 import _mp_workers
 import pytest
@@ -23,7 +24,7 @@ def _warm_up() -> Iterator[None]:
     # sharer's listener, the forkserver and resource tracker pipes): open them
     # before the per-test fd-leak check counts.
     with pydmabuf.Heap("system") as heap, heap.allocate(4096) as buf:
-        pickle.loads(pickle.dumps(buf)).close()
+        pickle.loads(ForkingPickler.dumps(buf)).close()  # only multiprocessing pickles a Buffer
     for method in METHODS:
         p = multiprocessing.get_context(method).Process(target=os.getpid)
         p.start()

@@ -214,6 +214,28 @@ def test_bad_arguments_allocate_nothing(args: tuple[object, ...], kwargs: dict[s
         BufferPool(*args, **kwargs)  # type: ignore[arg-type]
 
 
+def test_integers_with_index_are_ints() -> None:
+    # numpy integers are integers (operator.index), as channel.Producer(count=) takes them.
+    np = pytest.importorskip("numpy")
+    with BufferPool(np.int64(PAGE), np.int64(3)) as pool:
+        assert (pool.count, pool.size, pool.free) == (3, PAGE, 3)
+        assert type(pool.count) is int and type(pool.size) is int
+    with pytest.raises(TypeError, match="count must be an int, got float64"):
+        BufferPool(PAGE, np.float64(3))
+
+
+def test_a_pool_larger_than_the_fd_limit_is_refused_up_front() -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no fd limit")
+    before = open_fds()
+    with pytest.raises(pydmabuf.errors.TooManyOpenFilesError, match=f"{soft} open fds.*RLIMIT_NOFILE"):
+        BufferPool(PAGE, soft)
+    assert open_fds() == before
+
+
 class FailingAllocator(Allocator):
     def __init__(self, succeed: int) -> None:
         super().__init__(["system"])

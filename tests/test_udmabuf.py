@@ -201,3 +201,27 @@ def test_shrinking_pinned_memfd_refused() -> None:
 def test_udmabuf_fd_is_cloexec() -> None:
     with pydmabuf.udmabuf(PAGE) as buf:
         assert fcntl.fcntl(buf.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+
+
+@pytest.mark.parametrize("memfd", [2**31, 2**31 - 1 + 2**32, 2**63, 2**64])
+def test_impossible_fd_numbers_are_invalid_not_overflow(memfd: int) -> None:
+    before = open_fds()
+    with pytest.raises(pydmabuf.InvalidArgumentError, match="invalid fd"):
+        pydmabuf.udmabuf_from_memfd(memfd)  # was OverflowError from os.fstat
+    assert open_fds() == before
+
+
+def test_offsets_and_sizes_take_numpy_integers() -> None:
+    np = pytest.importorskip("numpy")
+    memfd = sealed(4 * PAGE)
+    try:
+        with pydmabuf.udmabuf_from_memfd(memfd, np.int64(PAGE), np.uint32(2 * PAGE)) as buf:
+            assert buf.size == 2 * PAGE and type(buf.size) is int
+        with pydmabuf.udmabuf_from_ranges([(memfd, np.int64(0), np.int64(PAGE))]) as buf:
+            assert buf.size == PAGE
+        with pydmabuf.udmabuf(np.int64(PAGE)) as buf:
+            assert buf.size == PAGE
+        with pytest.raises(pydmabuf.InvalidArgumentError, match="offset must be an int"):
+            pydmabuf.udmabuf_from_memfd(memfd, np.float64(0))
+    finally:
+        os.close(memfd)

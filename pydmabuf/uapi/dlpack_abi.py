@@ -34,6 +34,7 @@ import ctypes
 import gc
 import sys
 import threading
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -264,9 +265,12 @@ def _python_deleter(view_offset: int) -> tuple[object, int]:
 _PYTHON_DELETERS = {box: _python_deleter(offset) for box, offset in _VIEW.items()}
 
 
-def export(source: object, versioned: bool, copied: bool) -> object:
-    """A capsule holding a 1-D uint8 CPU tensor over ``source``'s buffer. Raises
-    BufferError (with nothing held) for a read-only source and a legacy consumer."""
+def export(source: object, versioned: bool, copied: bool,
+           read_only_refusal: Callable[[], str | None] | None) -> object:
+    """A capsule holding a 1-D uint8 CPU tensor over ``source``'s buffer. For a
+    read-only source, ``read_only_refusal()`` says why this consumer may not have it
+    (BufferError, with nothing held), or None; a legacy consumer never may (it cannot
+    be told: the legacy capsule has no flags)."""
     collect()
     box: VersionedBox | LegacyBox = VersionedBox() if versioned else LegacyBox()
     address = ctypes.addressof(box)
@@ -274,11 +278,17 @@ def export(source: object, versioned: bool, copied: bool) -> object:
     get_buffer(source, ctypes.cast(view_address, POINTER(PyBuffer)), 0)  # PyBUF_SIMPLE
     view = box.view
     readonly = bool(view.readonly)
-    if readonly and not versioned:
-        release_buffer(view_address)
-        raise BufferError("this mapping is read-only and a DLPack consumer that passes no "
-                          "max_version (DLPack < 1.0) cannot be told so; use one with DLPack "
-                          ">= 1.0 (numpy >= 2.1, torch >= 2.4) or map the buffer writable")
+    if readonly:
+        try:
+            refusal = read_only_refusal() if read_only_refusal is not None else None
+            if refusal is None and not versioned:
+                refusal = "a read-only buffer cannot go out in a legacy (unversioned) DLPack capsule"
+        except BaseException:
+            release_buffer(view_address)
+            raise
+        if refusal is not None:
+            release_buffer(view_address)
+            raise BufferError(refusal)
     tensor = box.managed.dl_tensor
     tensor.data = view.buf
     tensor.device.device_type = KDLCPU
