@@ -19,10 +19,16 @@ that falls behind (``max_pending`` frames unreleased, or a full socket) has fram
 skipped for it or is disconnected (``slow_consumer``). What a consumer sends back
 is checked: it can release only frames it holds, and anything else disconnects it.
 
-Messages: producer -> consumer is :mod:`pydmabuf.share` (buffer [, fence]) with
-data ``b"F" + seq`` (+ the caller's ``meta``), ``b"E"`` for end of stream, ``b"X"``
-for "refused" and ``b"K"`` for "disconnected for falling behind"; consumer ->
-producer is ``b"R" + seq`` (release) or ``b"B"`` (goodbye).
+The producer works on readiness, not on a timer: every ``acquire`` and ``poll``
+picks up what the sockets already hold (newcomers, hang-ups, and every release each
+consumer has sent), and ``submit`` reads a consumer's pending releases before it
+judges that consumer to be behind, so a consumer that releases promptly is never
+punished for bookkeeping the producer had not done yet. A producer out of file
+descriptors (``accept`` failing with EMFILE) stops watching its listening socket for
+a growing interval, logs one line per interval, and keeps serving the consumers it
+has; waiting newcomers stay in the backlog until an fd is free.
+
+The messages are :mod:`pydmabuf.channel_wire`.
 """
 
 from __future__ import annotations
@@ -33,19 +39,20 @@ import errno as E
 import fcntl
 import logging
 import os
+import resource
 import select
 import socket
-import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from . import channel_wire as wire
 from . import share
 from .allocator import Allocator
 from .buffer import Buffer, Mapping, buffer_parts, new_buffer
 from .credentials import check_peer, id_set, peer_credentials
-from .errors import Error, PermissionDeniedError, closed, error, invalid, timed_out
+from .errors import Error, PermissionDeniedError, check_index, closed, error, fd_limit_hint, invalid, timed_out
 from .formats import Format
 from .frame import Frame, allocate_frame
 from .heap import Heap
@@ -85,19 +92,27 @@ __all__ = ["SLOW_CONSUMER_POLICIES", "Consumer", "Delivery", "Event", "Producer"
 
 log = logging.getLogger("pydmabuf.channel")
 SLOW_CONSUMER_POLICIES = ("drop", "disconnect")
-_SEQ = struct.Struct("<Q")
-_HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 _POLLIN = select.POLLIN
 _SEND_NOWAIT = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-_RELEASE = _FRAME = struct.Struct("<cQ")  # b"R" or b"F", then the frame's seq
-_MAX_META = share.MAX_DATA - _FRAME.size
+_FRAME_KIND, _HEADER_SIZE = wire.FRAME, wire.FRAME_HEADER.size
+_release = wire.release
+_unpack_seq = wire.SEQ.unpack_from
+_RELEASE_SIZE, _RELEASE_BYTE, _GOODBYE_BYTE = wire.RELEASE_SIZE, wire.RELEASE_BYTE, wire.GOODBYE_BYTE
+_MAX_META = wire.MAX_META
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
-_SERVICE_INTERVAL = 0.005  # s: how stale acquire() may let connection state get
 _DROP_REPORT_INTERVAL = 1.0  # s: at most one "dropped" event per consumer per interval
+# accept() out of fds (or memory): the listening socket stays readable, so polling it
+# again at once would spin. It is left out of poll for a pause that doubles from the
+# first to the last value while the failures go on, and one log line per condition
+# is written at most every _ACCEPT_LOG_INTERVAL.
+_ACCEPT_PAUSE_FIRST = 0.05  # s
+_ACCEPT_PAUSE_MAX = 1.0  # s: how long a newcomer may wait once fds are free again
+_ACCEPT_LOG_INTERVAL = 10.0  # s
 _SOCKET_MODE = 0o600
 _SUN_PATH = 108  # bytes in sockaddr_un.sun_path
 _NUMBER_TYPES = (float, int)
-_REFUSED, _EVICTED, _END = b"X", b"K", b"E"
+_REFUSED, _EVICTED, _END = wire.REFUSED, wire.EVICTED, wire.END
+_FD_ERRNOS = (E.EMFILE, E.ENFILE)
 _HOLDS_TOO_MANY = "holds max_pending unreleased frames"
 _SOCKET_FULL = "its socket is full (it stopped reading)"
 
@@ -161,6 +176,26 @@ def _address(path: str) -> str:
 
 def _is_abstract(path: str) -> bool:
     return path.startswith(("@", "\0"))
+
+
+def _pool_count(count: object) -> int:
+    """``count`` as BufferPool takes it: an integer (int, numpy integers, anything with
+    ``__index__``; not bool) > 0, and no more than the fd limit lets this process open."""
+    n = check_index(count, "count")
+    if n <= 0:
+        raise invalid(f"count must be > 0, got {n}")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and n >= soft:  # one fd a buffer at least: cannot fit
+        raise error(E.EMFILE, f"Producer: a pool of {n} buffers needs at least {n} fds", _fd_limit_hint())
+    return n
+
+
+def _fd_limit_hint(code: int = E.EMFILE, producer: bool = True) -> str:
+    """What to do about EMFILE or ENFILE: the limit, and what holds the fds here."""
+    what = ("a Producer holds one fd per pool buffer at least (two on the fallback: consumers get a "
+            "read-only reopen) and one per consumer: use fewer or larger buffers" if producer
+            else "each received frame holds its fds until it is released")
+    return f"{what}; {fd_limit_hint(code)}"
 
 
 class _Peer:
@@ -261,7 +296,12 @@ class Producer:
     stalled consumer then keeps at most that many buffers.
 
     Single-threaded: call ``acquire``, ``submit`` or ``poll`` to let it notice
-    consumers and releases. After ``close()`` every method raises ClosedError.
+    consumers and releases (each picks up whatever the sockets hold at that moment).
+    After ``close()`` every method raises ClosedError.
+
+    ``count`` is an int (or any integer with ``__index__``, e.g. ``numpy.int64``) > 0;
+    each pool buffer holds at least one fd, so a pool the fd limit
+    (RLIMIT_NOFILE) cannot hold is refused with an error of errno EMFILE naming it.
     """
 
     def __init__(self, path: str, *, size: int = 0, count: int = 4, heap: Heap | None = None,
@@ -283,7 +323,16 @@ class Producer:
         self._poll = select.poll()
         self.events: collections.deque[Event] = collections.deque(maxlen=1024)
         self._event_count = 0
-        self._next_service = 0.0
+        self._listen_fd = -1
+        self._rbuf = bytearray(wire.READ_SIZE)  # every consumer message is read into this
+        # accept() back-off (see _ACCEPT_PAUSE_FIRST): monotonic time until which the
+        # listener is left out of poll (0: it is watched), the next pause, and the
+        # failures not yet logged, with when the next log line may be written.
+        self._accept_paused_until = 0.0
+        self._accept_pause = _ACCEPT_PAUSE_FIRST
+        self._accept_errno = 0
+        self._accept_failures = 0
+        self._accept_next_log = 0.0
         self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of a path socket
         self.path = path
         _address(path)  # a bad path fails before anything is allocated
@@ -292,6 +341,8 @@ class Producer:
         self.slow_consumer = slow_consumer
         self._allow_uids = id_set(allow_uids, "allow_uids")
         self._allow_gids = id_set(allow_gids, "allow_gids")
+        if buffers is None and frames is None:  # a pool to allocate: count says how many
+            count = _pool_count(count)  # before anything is allocated (or too many fds would be)
         try:
             if frames is not None or frame_layout is not None:
                 if buffers is not None or size:
@@ -317,7 +368,14 @@ class Producer:
             if not _is_abstract(path):
                 st = os.stat(path)
                 self._socket_file = (st.st_dev, st.st_ino)
-            self._poll.register(self._listener, _POLLIN)
+            self._listen_fd = self._listener.fileno()
+            self._poll.register(self._listen_fd, _POLLIN)
+        except OSError as exc:
+            self.close()
+            if exc.errno in _FD_ERRNOS:  # raw from an allocator, or ours without the numbers
+                raise error(exc.errno, f"Producer: setting up a pool of {len(self._buffers) or count} "
+                                       "buffer(s)", _fd_limit_hint(exc.errno)) from None
+            raise
         except BaseException:
             self.close()
             raise
@@ -354,8 +412,6 @@ class Producer:
                          heap: Heap | None) -> list[Frame]:
         if not isinstance(layout, tuple) or len(layout) != 3:
             raise invalid("frame_layout is (width, height, format)")
-        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise invalid(f"count must be an int > 0, got {count!r}")
         if heap is not None and not isinstance(heap, Heap):
             raise TypeError(f"heap must be a Heap or None, got {type(heap).__name__}")
         width, height, fmt = layout
@@ -414,7 +470,7 @@ class Producer:
 
     @staticmethod
     def _allocate(size: int, count: int, heap: Heap | None) -> list[Buffer]:
-        if size <= 0 or count <= 0:
+        if isinstance(size, int) and size <= 0:  # other sizes: the heap says what is wrong
             raise invalid("give buffers=, or size > 0 and count > 0")
         if heap is not None and not isinstance(heap, Heap):
             raise TypeError(f"heap must be a Heap or None, got {type(heap).__name__}")
@@ -489,21 +545,20 @@ class Producer:
         return list(self.events)[len(self.events) - new:] if new else []
 
     def _service(self, timeout_ms: int | None) -> None:
+        """One pass over whatever is ready, waiting up to ``timeout_ms`` for something
+        to be (None: until it is): newcomers, and every message of each consumer."""
         if self._listener is None:
             raise closed("Producer")
-        self._next_service = time.monotonic() + _SERVICE_INTERVAL
-        listener = self._listener.fileno()
-        for fd, revents in self._poll.poll(timeout_ms):
+        if self._accept_paused_until:
+            timeout_ms = self._accept_pause_check(timeout_ms)
+        listener = self._listen_fd
+        for fd, _revents in self._poll.poll(timeout_ms):
             if fd == listener:
                 self._accept()
                 continue
             peer = self._peers.get(fd)
-            if peer is None:
-                continue
-            if revents & _POLLIN:
-                self._read(peer)
-            elif revents & _HANGUP:
-                self._drop(peer, clean=False)
+            if peer is not None:  # readable, hung up or in error: reading says which
+                self._drain(peer)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -511,9 +566,11 @@ class Producer:
             try:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
-                return
-            except OSError as exc:  # EMFILE and friends: the next poll retries
-                log.warning("producer %s: accept failed: %s", self.path, exc)
+                break
+            except ConnectionAbortedError:  # it gave up while queued: the next one
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: it is still queued
+                self._accept_failed(exc)
                 return
             sock.setblocking(False)  # submit() must never wait on a consumer
             self._next_peer += 1
@@ -524,8 +581,49 @@ class Producer:
                 continue
             peer = _Peer(sock, self._next_peer, creds.pid, creds.uid)
             self._peers[peer.fd] = peer
-            self._poll.register(sock, _POLLIN)
+            self._poll.register(peer.fd, _POLLIN)
             self._event(Event("connected", peer.id, peer.pid, uid=peer.uid))
+        if self._accept_errno:
+            self._accept_recovered()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept() failed with the connection still queued: stop watching the
+        listener for a while (it stays readable: polling it again would spin) and log
+        the condition at most once per _ACCEPT_LOG_INTERVAL."""
+        now = time.monotonic()
+        self._poll.unregister(self._listen_fd)
+        self._accept_paused_until = now + self._accept_pause
+        self._accept_pause = min(self._accept_pause * 2, _ACCEPT_PAUSE_MAX)
+        code = exc.errno or E.EIO
+        if code == self._accept_errno and now < self._accept_next_log:
+            self._accept_failures += 1
+            return
+        since = f" ({self._accept_failures} more failure(s) since the last report)" if self._accept_failures else ""
+        hint = f"; {_fd_limit_hint(code)}" if code in _FD_ERRNOS else ""
+        log.warning("producer %s: cannot accept consumers: %s%s; serving the %d connected, retrying "
+                    "at least every %g s%s", self.path, os.strerror(code), since, len(self._peers),
+                    _ACCEPT_PAUSE_MAX, hint)
+        self._accept_errno = code
+        self._accept_failures = 0
+        self._accept_next_log = now + _ACCEPT_LOG_INTERVAL
+
+    def _accept_recovered(self) -> None:
+        log.info("producer %s: accepting consumers again (%s is over)", self.path,
+                 os.strerror(self._accept_errno))
+        self._accept_errno = self._accept_failures = 0
+        self._accept_next_log = 0.0
+        self._accept_pause = _ACCEPT_PAUSE_FIRST
+
+    def _accept_pause_check(self, timeout_ms: int | None) -> int | None:
+        """While accept() is paused: watch the listener again once the pause is over,
+        else a poll timeout that ends with the pause (so a waiter retries then)."""
+        left = self._accept_paused_until - time.monotonic()
+        if left <= 0:
+            self._accept_paused_until = 0.0
+            self._poll.register(self._listen_fd, _POLLIN)
+            return timeout_ms
+        left_ms = int(left * 1000) + 1
+        return left_ms if timeout_ms is None or timeout_ms > left_ms else timeout_ms
 
     def _refuse(self, sock: socket.socket, ident: int) -> None:
         creds = peer_credentials(sock)
@@ -536,30 +634,46 @@ class Producer:
                           reason=f"uid {creds.uid} gid {creds.gid} is not admitted "
                                  "(the producer admits its own uid, allow_uids and allow_gids)"))
 
-    def _read(self, peer: _Peer) -> None:
-        # One message per readiness report: poll() again is cheaper than the
-        # BlockingIOError a non-blocking read-until-empty ends with.
-        try:
-            msg = peer.sock.recv(64)
-        except (BlockingIOError, ConnectionResetError):
-            # Reset: the peer closed with frames unread; the kernel reports that once,
-            # ahead of what it queued before closing (maybe a goodbye); poll reads on.
-            return
-        except OSError:
-            msg = b""
-        if len(msg) == _RELEASE.size and msg[0] == 0x52:  # b"R": a release
-            seq = _SEQ.unpack_from(msg, 1)[0]
-            held = peer.held
-            if seq in held:  # only frames it holds: no consumer frees another's frame
-                held.discard(seq)
-                self._unhold(seq)
-        elif msg == b"B":
-            self._drop(peer, clean=True)
-        elif not msg:
-            self._drop(peer, clean=False)
-        else:
-            self._drop(peer, clean=False, reason=f"sent an invalid message ({len(msg)} bytes) "
-                                                 "and was disconnected")
+    def _drain(self, peer: _Peer) -> bool:
+        """Read every message ``peer`` has sent: all its releases, then a goodbye or a
+        hang-up if it sent one. False if it was dropped (gone, goodbye, or garbage).
+
+        At most ``held + 1`` messages are read (each release frees a frame it holds,
+        plus a goodbye): that is everything an honest consumer can have sent, and a
+        consumer flooding us with more cannot keep the producer in this loop; the
+        rest is read on the next pass (poll reports the socket again)."""
+        buf = self._rbuf
+        recv_into = peer.sock.recv_into
+        held = peer.held
+        budget = len(held) + 1
+        while budget >= 0:
+            budget -= 1
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                return True
+            except ConnectionResetError:
+                # The peer closed with frames unread; the kernel reports that once,
+                # ahead of what it queued before closing (maybe a goodbye): read on.
+                continue
+            except OSError:
+                n = 0
+            if n == _RELEASE_SIZE and buf[0] == _RELEASE_BYTE:
+                seq = _unpack_seq(buf, 1)[0]
+                if seq in held:  # only frames it holds: no consumer frees another's frame
+                    held.discard(seq)
+                    self._unhold(seq)
+            elif n == 1 and buf[0] == _GOODBYE_BYTE:
+                self._drop(peer, clean=True)
+                return False
+            elif n == 0:
+                self._drop(peer, clean=False)
+                return False
+            else:
+                self._drop(peer, clean=False, reason=f"sent an invalid message ({n} bytes) "
+                                                     "and was disconnected")
+                return False
+        return True
 
     def _unhold(self, seq: int) -> None:
         entry = self._frames[seq]
@@ -606,7 +720,9 @@ class Producer:
         self._service(0)
         while len(self._peers) < n:
             if expired(until):
-                raise timed_out(f"waiting for {n} consumer(s), {len(self._peers)} connected")
+                why = (f"; accepting more fails: {os.strerror(self._accept_errno)}, see the log"
+                       if self._accept_errno else "")
+                raise timed_out(f"waiting for {n} consumer(s), {len(self._peers)} connected{why}")
             self._service(remaining_ms(until))
 
     def acquire(self, timeout: float | None = None) -> Item:
@@ -615,19 +731,19 @@ class Producer:
         pool = self._pool
         if pool is None:
             raise closed("Producer")
-        # Connections serviced moments ago: releases and newcomers can wait, as in a
-        # hand-written loop.
-        if not pool.free or time.monotonic() >= self._next_service:
+        if timeout is not None and not (type(timeout) in _NUMBER_TYPES and timeout >= 0):
+            deadline(timeout, "acquire")  # raises: the check a wait makes, before any wait
+        # On readiness: whatever the sockets hold now (releases, newcomers, hang-ups)
+        # is taken in before the pool is looked at; one poll(0) when nothing is.
+        self._service(0)
+        if not pool.free:
             self._wait_free(pool, timeout)
-        elif timeout is not None and not (type(timeout) in _NUMBER_TYPES and timeout >= 0):
-            deadline(timeout, "acquire")  # raises: the same check as when waiting
         item = pool.take(0)  # one is free: no wait (releases arrive through _service)
         self._acquired[self._index[id(item)]] = 1
         return item
 
     def _wait_free(self, pool: BufferPool | _FramePool, timeout: float | None) -> None:
         until = deadline(timeout, "acquire")
-        self._service(0)
         while not pool.free:
             if expired(until):
                 raise timed_out(f"acquire: all {len(self._buffers)} buffers are held by consumers")
@@ -652,9 +768,7 @@ class Producer:
             raise invalid(f"meta is at most {_MAX_META} bytes, got {len(meta)}")
         self._acquired[i] = 0
         self._seq = seq = self._seq + 1
-        data = _FRAME.pack(b"F", seq)
-        if meta:
-            data += meta
+        data = wire.frame_data(seq, meta)
         shared = self._shared[i]
         send = share.send
         limit = self.max_pending
@@ -663,8 +777,12 @@ class Producer:
             for peer in tuple(self._peers.values()):  # a copy: a failed send drops the peer
                 held = peer.held
                 if len(held) >= limit:
-                    self._behind(peer, _HOLDS_TOO_MANY)
-                    continue
+                    # Its releases may be waiting unread: read them all before judging it.
+                    if not self._drain(peer):
+                        continue  # it went away (or sent garbage) meanwhile
+                    if len(held) >= limit:
+                        self._behind(peer, _HOLDS_TOO_MANY)
+                        continue
                 try:
                     if fence is None:
                         send(peer.sock, shared, data=data)
@@ -753,9 +871,15 @@ class Delivery:
         self.meta = meta
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the producer's fence (no-op without one)."""
-        if self.fence is not None:
-            self.fence.wait(timeout)
+        """Wait for the producer's fence (returns at once without one). ``timeout``
+        follows the library's rules with or without a fence: None or inf waits forever,
+        negative or NaN is InvalidArgumentError, a non-number TypeError; TimeoutError
+        when the fence has not signalled in time."""
+        fence = self.fence
+        if fence is None:
+            deadline(timeout, "Delivery.wait")  # only checks: nothing to wait for
+            return
+        fence.wait(timeout)
 
     def map(self) -> Mapping:
         """The read-only mapping of the (first) buffer (made once)."""
@@ -837,7 +961,11 @@ class Consumer:
         until = deadline(timeout, "Consumer.connect")
         uids = id_set(allow_uids, "allow_uids")
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS
+                raise error(exc.errno or E.EIO, f"Consumer.connect({path!r}): socket()",
+                            _fd_limit_hint(exc.errno, producer=False) if exc.errno in _FD_ERRNOS else None) from None
             try:
                 sock.setblocking(False)  # a full backlog is EAGAIN, not an endless wait
                 sock.connect(address)
@@ -926,10 +1054,10 @@ class Consumer:
             log.warning("consumer: %s", self.end_reason)
             return None
         n = len(objects)
-        if data[:1] == b"F" and len(data) >= _FRAME.size and 1 <= n <= 2 and type(objects[0]) in _ITEMS \
+        if data[:1] == _FRAME_KIND and len(data) >= _HEADER_SIZE and 1 <= n <= 2 and type(objects[0]) in _ITEMS \
                 and (n == 1 or type(objects[1]) is SyncFile):
-            return Delivery(self, _FRAME.unpack_from(data)[1], objects[0],  # type: ignore[arg-type]
-                            objects[1] if n == 2 else None, data[_FRAME.size:])  # type: ignore[arg-type]
+            return Delivery(self, _unpack_seq(data, 1)[0], objects[0],  # type: ignore[arg-type]
+                            objects[1] if n == 2 else None, data[_HEADER_SIZE:])  # type: ignore[arg-type]
         if not objects:
             if data == _END:
                 self.end_reason = "the producer ended the stream"
@@ -952,7 +1080,7 @@ class Consumer:
         if sock is None or self.end_reason is not None:
             return
         try:
-            sock.send(_RELEASE.pack(b"R", seq), _SEND_NOWAIT)
+            sock.send(_release(seq), _SEND_NOWAIT)
         except _GONE:
             pass  # the producer is gone; receive() reports it
         except BlockingIOError:
@@ -968,7 +1096,7 @@ class Consumer:
             return
         if self.end_reason is None:
             with contextlib.suppress(OSError):
-                sock.send(b"B", _SEND_NOWAIT)
+                sock.send(wire.GOODBYE, _SEND_NOWAIT)
         sock.close()
 
     def __enter__(self) -> Consumer:

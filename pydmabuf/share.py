@@ -235,8 +235,10 @@ def recv(sock: socket.socket, *, timeout: float | None = None, verify: bool = Tr
     ``timeout`` bounds the wait for a message to start (:class:`pydmabuf.TimeoutError`,
     nothing consumed); on SOCK_STREAM the rest of a started message must follow within
     ``MESSAGE_REST_TIMEOUT`` seconds, else ProtocolError (the stream is then out of
-    step: close the socket). ``verify`` is accepted for compatibility and does nothing:
-    verification is always on.
+    step: close the socket), and bytes that cannot begin a header (not the magic and
+    this version) are ProtocolError at once, before any length they declare is waited
+    for. ``verify`` is accepted for compatibility and does nothing: verification is
+    always on.
 
     TypeError: ``sock`` is not a socket; ClosedError: it is closed."""
     return recv_data(sock, timeout=timeout)[0]
@@ -327,9 +329,15 @@ def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _read_rest(sock: socket.socket, msg: bytes) -> bytes:
     """The rest of a stream message whose first bytes are ``msg``, within
-    MESSAGE_REST_TIMEOUT of now."""
+    MESSAGE_REST_TIMEOUT of now. What is not a pydmabuf header (magic, version) is
+    refused from the bytes already here, before waiting for any more: garbage must
+    not make the receiver wait for a length it declares."""
+    _check_start(msg)
     until = _monotonic() + MESSAGE_REST_TIMEOUT
     if len(msg) < _PREFIX.size:
+        if len(msg) < _VERSION_END:  # too little to judge yet: the magic and version first
+            msg = _read_until(sock, msg, _VERSION_END, until)
+            _check_start(msg)
         msg = _read_until(sock, msg, _PREFIX.size, until)
     total = _unpack_prefix(msg)[4]
     if total < _PREFIX.size or total > _MAX_MSG:
@@ -337,6 +345,18 @@ def _read_rest(sock: socket.socket, msg: bytes) -> bytes:
     if len(msg) < total:
         msg = _read_until(sock, msg, total, until)
     return msg
+
+
+_VERSION_END = len(_MAGIC) + 1  # the magic, then the version byte
+
+
+def _check_start(msg: bytes) -> None:
+    """ProtocolError unless ``msg`` (the first bytes of a stream message, however
+    few) can begin a pydmabuf header: the magic, then this VERSION."""
+    if msg[:2] != _MAGIC[:len(msg)]:
+        raise _protocol(f"not a pydmabuf message (magic {msg[:2]!r}, not {_MAGIC!r})")
+    if len(msg) >= _VERSION_END and msg[2] != VERSION:
+        raise _protocol(f"message version {msg[2]}, this pydmabuf speaks {VERSION}")
 
 
 def _read_until(sock: socket.socket, msg: bytes, need: int, until: float) -> bytes:

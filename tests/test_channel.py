@@ -4,8 +4,10 @@ survivor, and the survivor says what happened."""
 
 from __future__ import annotations
 
+import errno as E
 import itertools
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -203,3 +205,96 @@ def test_demo_command(tmp_path: object) -> None:
     assert "the producer ended the stream" in out and "throughput:" in out
     if not TIMELINE_MISSING:
         assert "(12 fenced)" in out
+
+
+# --- arguments and limits ----------------------------------------------------------
+
+class _Three:
+    def __index__(self) -> int:
+        return 3
+
+
+def test_pool_count_is_any_integer_like_buffer_pool() -> None:
+    np = pytest.importorskip("numpy")
+    for count in (np.int64(3), np.uint8(3), _Three()):
+        with Producer(address(), size=SIZE, count=count) as producer:  # type: ignore[arg-type]
+            assert len(producer.buffers) == 3
+        with Producer(address(), frame_layout=(64, 16, "NV12"), count=count) as producer:  # type: ignore[arg-type]
+            assert len(producer.frames) == 3
+    for bad in (3.0, "3", True, None):
+        with pytest.raises(TypeError):
+            Producer(address(), size=SIZE, count=bad)  # type: ignore[arg-type]
+    for bad in (0, -1, np.int64(0)):
+        with pytest.raises(pydmabuf.InvalidArgumentError):
+            Producer(address(), size=SIZE, count=bad)
+
+
+def test_a_pool_beyond_the_fd_limit_is_a_library_error_naming_it() -> None:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    t0 = time.monotonic()
+    with pytest.raises(pydmabuf.Error) as err:
+        Producer(address(), size=SIZE, count=10**6 if soft < 10**6 else soft)
+    assert err.value.errno == E.EMFILE and "RLIMIT_NOFILE" in str(err.value) and str(soft) in str(err.value)
+    assert time.monotonic() - t0 < 1  # refused before allocating anything
+
+    def child() -> int:
+        # A pool that passes the check but runs out of fds while it is set up.
+        before = open_fds()
+        limit = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 20
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        count = limit - before + 5  # 5 more buffers than fds are free, fewer than the limit
+        assert count < limit
+        with pytest.raises(pydmabuf.Error) as err:
+            Producer(address(), size=SIZE, count=count)
+        assert err.value.errno == E.EMFILE and "RLIMIT_NOFILE" in str(err.value), err.value
+        assert open_fds() == before  # what was allocated is closed again
+        return 0
+
+    assert join(fork(child)) == 0
+
+
+def test_delivery_wait_checks_its_timeout_like_every_wait() -> None:
+    path = address()
+    with Producer(path, size=SIZE, count=2) as producer, Consumer.connect(path, timeout=5) as consumer:
+        producer.wait_for_consumers(1, timeout=5)
+        fences = [False] if TIMELINE_MISSING else [False, True]
+        for fenced in fences:
+            timeline = pydmabuf.Timeline() if fenced else None
+            try:
+                if timeline is None:
+                    producer.submit(producer.acquire(timeout=5))
+                else:
+                    with timeline.fence(1) as fence:
+                        producer.submit(producer.acquire(timeout=5), fence)
+                    timeline.signal(1)
+                delivery = consumer.receive(timeout=5)
+                assert delivery is not None and (delivery.fence is not None) == fenced
+                with delivery:
+                    for bad in (float("nan"), -1, -0.001, float("-inf")):
+                        with pytest.raises(pydmabuf.InvalidArgumentError):
+                            delivery.wait(bad)
+                    for wrong in ("1", b"1", True, [1]):
+                        with pytest.raises(TypeError):
+                            delivery.wait(wrong)  # type: ignore[arg-type]
+                    for good in (None, 0, 0.5, 10**30, float("inf")):
+                        delivery.wait(good)
+            finally:
+                if timeline is not None:
+                    timeline.close()
+
+
+# --- the stream header (share.recv on SOCK_STREAM, which the channel's wire sits on) ----
+
+@pytest.mark.parametrize("garbage", [b"PING\r\n\r\n", b"X", b"DB\x07\x01\x00\x00\xff\x00",
+                                     b"\xff" * 6 + b"\x40\x00" + b"\xff" * 8],
+                         ids=["text", "one-byte", "bad-version", "declares-64-bytes"])
+def test_garbage_on_a_stream_socket_is_refused_at_once(garbage: bytes) -> None:
+    # Each is garbage from its first bytes, and (but for "X") its bytes 6-7 declare a
+    # length the receiver would wait for: "\r\n" is 2573 bytes.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        a.sendall(garbage)  # and the connection stays open: nothing more will come
+        t0 = time.monotonic()
+        with pytest.raises(pydmabuf.share.ProtocolError):
+            pydmabuf.recv(b, timeout=5)
+        assert time.monotonic() - t0 < 1, "garbage was read as a header and its length waited for"
