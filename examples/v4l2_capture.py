@@ -26,8 +26,8 @@ frame. Without a V4L2 capture device it says so and exits 0.
 
 The V4L2 structs and VIDIOC_* numbers are pydmabuf's own declarations
 (``cdefs/videodev2.h``, checked against the kernel header by tests/test_abi.py),
-reached through the private ``pydmabuf.uapi.ffi``: the example shows the dma-buf side,
-not a V4L2 binding.
+reached through the private ``pydmabuf.uapi.v4l2`` (loaded only by programs that
+import it): the example shows the dma-buf side, not a V4L2 binding.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from pydmabuf.allocator import Allocator
 from pydmabuf.channel import Consumer, Producer
 from pydmabuf.formats import Format
 from pydmabuf.frame import Frame, Plane, allocate_frame
-from pydmabuf.uapi import ffi as _ffi
-from pydmabuf.uapi.ffi import ffi, lib  # the V4L2 declarations pydmabuf checks against videodev2.h
+from pydmabuf.uapi import v4l2  # the V4L2 declarations pydmabuf checks against videodev2.h
+from pydmabuf.uapi.v4l2 import ffi, lib
 
 CAPTURE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE
 CAPTURE_MPLANE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE
@@ -82,7 +82,7 @@ def fourcc_text(code: int) -> str:
 
 
 def v4l2_ioctl(fd: int, request: int, arg: object, what: str) -> None:
-    while lib.ioctl(fd, request, arg) < 0:
+    while v4l2.ioctl(fd, request, arg) < 0:
         code = ffi.errno
         if code != errno.EINTR:
             raise OSError(code, f"{what}: {os.strerror(code)}")
@@ -92,7 +92,7 @@ def capture_type(fd: int) -> tuple[int, str, str] | None:
     """(buffer type, driver, bus) of a streaming video capture node, else None."""
     cap = ffi.new("struct v4l2_capability *")
     try:
-        v4l2_ioctl(fd, _ffi.VIDIOC_QUERYCAP, cap, "VIDIOC_QUERYCAP")
+        v4l2_ioctl(fd, v4l2.VIDIOC_QUERYCAP, cap, "VIDIOC_QUERYCAP")
     except OSError:
         return None
     caps = cap.device_caps if cap.capabilities & lib.V4L2_CAP_DEVICE_CAPS else cap.capabilities
@@ -183,7 +183,7 @@ class Camera:
         desc.type = self.type
         while True:
             try:
-                v4l2_ioctl(self.fd, _ffi.VIDIOC_ENUM_FMT, desc, "VIDIOC_ENUM_FMT")
+                v4l2_ioctl(self.fd, v4l2.VIDIOC_ENUM_FMT, desc, "VIDIOC_ENUM_FMT")
             except OSError as exc:
                 if exc.errno == errno.EINVAL:  # past the last one
                     return found
@@ -198,7 +198,7 @@ class Camera:
         own pitch."""
         fmt = ffi.new("struct v4l2_format *")
         fmt.type = self.type
-        v4l2_ioctl(self.fd, _ffi.VIDIOC_G_FMT, fmt, "VIDIOC_G_FMT")
+        v4l2_ioctl(self.fd, v4l2.VIDIOC_G_FMT, fmt, "VIDIOC_G_FMT")
         offered = [code for code in self.offered() if code in V4L2_TO_DRM]
         if wanted is not None:
             codes = [code for code in offered if fourcc_text(code) == wanted
@@ -219,10 +219,10 @@ class Camera:
             else:
                 fmt.fmt.pix.pixelformat, fmt.fmt.pix.field = code, lib.V4L2_FIELD_NONE
                 fmt.fmt.pix.bytesperline, fmt.fmt.pix.sizeimage = bytesperline, 0
-            v4l2_ioctl(self.fd, _ffi.VIDIOC_TRY_FMT, fmt, "VIDIOC_TRY_FMT")
+            v4l2_ioctl(self.fd, v4l2.VIDIOC_TRY_FMT, fmt, "VIDIOC_TRY_FMT")
             if (fmt.fmt.pix_mp if self.mplane else fmt.fmt.pix).pixelformat != code:
                 continue  # the driver substituted another format
-            v4l2_ioctl(self.fd, _ffi.VIDIOC_S_FMT, fmt, "VIDIOC_S_FMT")
+            v4l2_ioctl(self.fd, v4l2.VIDIOC_S_FMT, fmt, "VIDIOC_S_FMT")
             if self.mplane:
                 mp = fmt.fmt.pix_mp
                 buffers = [(mp.plane_fmt[i].bytesperline, mp.plane_fmt[i].sizeimage) for i in range(mp.num_planes)]
@@ -239,7 +239,7 @@ class Camera:
         """VIDIOC_REQBUFS: the number of buffers the driver grants."""
         req = ffi.new("struct v4l2_requestbuffers *")
         req.count, req.type, req.memory = count, self.type, memory
-        v4l2_ioctl(self.fd, _ffi.VIDIOC_REQBUFS, req, "VIDIOC_REQBUFS")
+        v4l2_ioctl(self.fd, v4l2.VIDIOC_REQBUFS, req, "VIDIOC_REQBUFS")
         self.memory = memory
         return int(req.count)
 
@@ -247,7 +247,7 @@ class Camera:
         """VIDIOC_EXPBUF of an MMAP buffer's plane, as a pydmabuf Buffer."""
         exp = ffi.new("struct v4l2_exportbuffer *")
         exp.type, exp.index, exp.plane, exp.flags = self.type, index, plane, os.O_RDWR | os.O_CLOEXEC
-        v4l2_ioctl(self.fd, _ffi.VIDIOC_EXPBUF, exp, "VIDIOC_EXPBUF")
+        v4l2_ioctl(self.fd, v4l2.VIDIOC_EXPBUF, exp, "VIDIOC_EXPBUF")
         return pydmabuf.Buffer.from_fd(exp.fd)
 
     def _reset(self, index: int) -> None:
@@ -268,7 +268,7 @@ class Camera:
                     self._planes[i].data_offset = 0  # capture: the driver sets what it wrote
             else:
                 self._buf.m.fd, self._buf.length = frame.objects[0].fileno(), frame.objects[0].size
-        v4l2_ioctl(self.fd, _ffi.VIDIOC_QBUF, self._buf, "VIDIOC_QBUF")
+        v4l2_ioctl(self.fd, v4l2.VIDIOC_QBUF, self._buf, "VIDIOC_QBUF")
 
     def dequeue(self, timeout: float) -> tuple[int, int, bool]:
         """VIDIOC_DQBUF: (index, sequence, error flag) of the next filled buffer."""
@@ -276,7 +276,7 @@ class Camera:
         while True:
             self._reset(0)
             try:
-                v4l2_ioctl(self.fd, _ffi.VIDIOC_DQBUF, self._buf, "VIDIOC_DQBUF")
+                v4l2_ioctl(self.fd, v4l2.VIDIOC_DQBUF, self._buf, "VIDIOC_DQBUF")
                 return self._buf.index, self._buf.sequence, bool(self._buf.flags & lib.V4L2_BUF_FLAG_ERROR)
             except BlockingIOError:
                 left = until - time.monotonic()
@@ -286,7 +286,7 @@ class Camera:
 
     def stream(self, on: bool) -> None:
         kind = ffi.new("int *", self.type)
-        request = _ffi.VIDIOC_STREAMON if on else _ffi.VIDIOC_STREAMOFF
+        request = v4l2.VIDIOC_STREAMON if on else v4l2.VIDIOC_STREAMOFF
         v4l2_ioctl(self.fd, request, kind, "VIDIOC_STREAMON" if on else "VIDIOC_STREAMOFF")
 
     def close(self) -> None:

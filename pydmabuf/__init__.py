@@ -7,13 +7,17 @@ a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
 
 from __future__ import annotations
 
-from . import channel, formats, interop
+from typing import TYPE_CHECKING
+
+# What (nearly) every program uses is imported here; the rest (channel, frames and
+# formats, fd passing, credentials, timelines, waiting on sets) loads on first use
+# through __getattr__ below, so that `import pydmabuf` stays in milliseconds. The
+# allocators stay eager (cheap): a program out of fds still gets TooManyOpenFilesError
+# from BufferPool, not an import failing with EMFILE.
 from ._version import __version__ as __version__
 from .allocator import Allocator
 from .backends import get_backend
 from .buffer import Buffer, CpuAccess, Mapping
-from .channel import Consumer, Delivery, Event, Producer
-from .credentials import PeerCredentials, check_peer, peer_credentials
 from .errors import (
     ClosedError,
     Error,
@@ -24,20 +28,41 @@ from .errors import (
     TimeoutError,
     UnsupportedError,
 )
-from .formats import LINEAR, MOD_INVALID, Format, describe_modifier, modifier_name, modifier_value
-from .frame import Frame, Plane, PlaneView, allocate_frame, plane_layout
 from .heap import Heap, heaps
 from .info import BufferInfo, FenceInfo, SyncFileInfo
 from .pool import BufferPool, Lease
-from .share import ProtocolError, recv, send
 from .syncfile import SyncFile
-from .timeline import Timeline
 from .udmabuf import udmabuf, udmabuf_from_memfd, udmabuf_from_ranges
-from .waiting import FenceSet, wait_all, wait_any
+
+if TYPE_CHECKING:  # the lazy names, as the type checkers should see them
+    from . import channel, formats, interop
+    from .channel import Consumer, Delivery, Event, Producer
+    from .credentials import PeerCredentials, check_peer, peer_credentials
+    from .formats import LINEAR, MOD_INVALID, Format, describe_modifier, modifier_name, modifier_value
+    from .frame import Frame, Plane, PlaneView, allocate_frame, plane_layout
+    from .share import ProtocolError, recv, send
+    from .timeline import Timeline
+    from .waiting import FenceSet, wait_all, wait_any
+
+# name -> the module that defines it, imported on first access; a name equal to its
+# module's is the module itself (pydmabuf.share, pydmabuf.frame, ... as before, when
+# the package imported them all).
+_LAZY = {
+    **{name: "channel" for name in ("channel", "Consumer", "Delivery", "Event", "Producer")},
+    **{name: "formats" for name in ("formats", "LINEAR", "MOD_INVALID", "Format", "describe_modifier",
+                                    "modifier_name", "modifier_value")},
+    **{name: "frame" for name in ("frame", "Frame", "Plane", "PlaneView", "allocate_frame", "plane_layout")},
+    **{name: "share" for name in ("share", "ProtocolError", "recv", "send")},
+    **{name: "credentials" for name in ("credentials", "PeerCredentials", "check_peer", "peer_credentials")},
+    **{name: "waiting" for name in ("waiting", "FenceSet", "wait_all", "wait_any")},
+    "timeline": "timeline", "Timeline": "timeline",
+    "interop": "interop",
+    "channel_wire": "channel_wire",
+}
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "accounting", "backend", "cuda", "dlpack"])
+    return sorted({*globals(), *_LAZY, "accounting", "aio", "backend", "cuda", "dlpack"})
 
 __all__ = [
     "LINEAR",
@@ -73,6 +98,7 @@ __all__ = [
     "Timeline",
     "TimeoutError",
     "UnsupportedError",
+    "aio",
     "allocate_frame",
     "backend",
     "channel",
@@ -107,7 +133,7 @@ def __getattr__(name: str) -> object:
         from .backends import default_name
 
         return default_name()
-    if name in ("cuda", "dlpack"):  # ctypes and the driver: only for programs that use them
+    if name in ("aio", "cuda", "dlpack"):  # asyncio, ctypes and the driver: only for programs that use them
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -115,4 +141,13 @@ def __getattr__(name: str) -> object:
         from .tools import accounting
 
         return accounting
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = importlib.import_module(f".{module}", __name__)
+        if name != module:
+            value = getattr(value, name)
+        globals()[name] = value  # the next access is a plain attribute read
+        return value
     raise AttributeError(f"module 'pydmabuf' has no attribute {name!r}")

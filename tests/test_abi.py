@@ -14,11 +14,22 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from conftest import load_script
 
 from pydmabuf.uapi import ffi as _ffi
+from pydmabuf.uapi import v4l2 as _v4l2
 from pydmabuf.uapi.ffi import ffi
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The module holding each header's declarations and ioctl numbers: the V4L2 ones are
+# in pydmabuf.uapi.v4l2 (loaded only on demand), the rest in pydmabuf.uapi.ffi.
+def _module(header: str) -> ModuleType:
+    return _v4l2 if header == "linux/videodev2.h" else _ffi
+
 
 # header -> (structs, ioctl macros) it must define
 HEADERS: dict[str, tuple[list[str], list[str]]] = {
@@ -115,20 +126,21 @@ def _c_program(headers: list[str]) -> tuple[str, list[tuple[str, int]]]:
 
     for header in headers:
         structs, ioctls = HEADERS[header]
+        module = _module(header)
         for struct in structs:
-            ctype = ffi.typeof(f"struct {struct}")
-            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", ffi.sizeof(ctype))
+            ctype = module.ffi.typeof(f"struct {struct}")
+            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", module.ffi.sizeof(ctype))
             for path, offset in _field_offsets(ctype):
                 emit(f"offsetof.{struct}.{path}", f"offsetof(struct {struct}, {path})", offset)
         for name in ioctls:
-            emit(f"ioctl.{name}", name, getattr(_ffi, name))
+            emit(f"ioctl.{name}", name, getattr(module, name))
         for name in CONSTANTS.get(header, []):
-            emit(f"const.{name}", name, getattr(_ffi.lib, name))
+            emit(f"const.{name}", name, getattr(module.lib, name))
         if header in OPTIONAL:
             struct, macro = OPTIONAL[header]
             lines.append(f"#ifdef {macro}")
-            emit(f"ioctl.{macro}", macro, getattr(_ffi, macro))
-            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", ffi.sizeof(f"struct {struct}"))
+            emit(f"ioctl.{macro}", macro, getattr(module, macro))
+            emit(f"sizeof.{struct}", f"sizeof(struct {struct})", module.ffi.sizeof(f"struct {struct}"))
             lines.append("#endif")
     lines += ["    return 0;", "}"]
     return "\n".join(lines) + "\n", expected
@@ -187,3 +199,53 @@ def test_documented_vgem_offsets() -> None:
     assert ffi.offsetof("struct drm_vgem_fence_attach", "out_fence") == 8
     assert ffi.offsetof("struct sw_sync_create_fence_data", "fence") == 36
     assert ffi.offsetof("struct sync_set_deadline", "pad") == 8
+
+
+def test_every_number_is_checked() -> None:
+    """Each ioctl number the core or the V4L2 module defines is on a list above."""
+    listed = {name for _, ioctls in HEADERS.values() for name in ioctls} | set(DOCUMENTED)
+    listed |= {macro for _, macro in OPTIONAL.values()}
+    assert (set(_ffi.IOCTLS) | set(_v4l2.IOCTLS)) - listed == set()
+    assert set(_v4l2.IOCTLS) == set(HEADERS["linux/videodev2.h"][1])
+
+
+# --- the generated out-of-line modules (tools/gen_cffi.py) ----------------------------
+def _generator() -> ModuleType:
+    return load_script(ROOT / "tools" / "gen_cffi.py", "gen_cffi")
+
+
+def test_generated_modules_match_cdefs() -> None:
+    """pydmabuf/uapi/_cdefs*.py are what tools/gen_cffi.py makes of cdefs/ now."""
+    assert _generator().main(["--check"]) == 0, "cdefs/ changed: rerun tools/gen_cffi.py and commit its output"
+
+
+def test_generator_reads_every_cdefs_file() -> None:
+    gen = _generator()
+    on_disk = sorted(p.name for p in (ROOT / "cdefs").glob("*.h"))
+    assert sorted(gen.cdef_files()) == on_disk
+    assert sorted(_ffi.CDEF_FILES) == on_disk  # what the wheel carries (tests/test_packaging.py)
+
+
+def test_the_generated_check_can_fail(tmp_path: Path) -> None:
+    gen = _generator()
+    cdefs = tmp_path / "cdefs"
+    cdefs.mkdir()
+    for name in gen.cdef_files():
+        (cdefs / name).write_text((ROOT / "cdefs" / name).read_text())
+    out = tmp_path / "out"
+    out.mkdir()
+    assert gen.main(["--cdefs", str(cdefs), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_cdefs.py", "_cdefs_v4l2.py"]
+    assert gen.main(["--cdefs", str(cdefs), "-o", str(out), "--check"]) == 0
+    with (cdefs / "dma-buf.h").open("a") as f:
+        f.write("#define DMA_BUF_TEST_ONLY 1\n")
+    assert gen.main(["--cdefs", str(cdefs), "-o", str(out), "--check"]) == 1
+    assert gen.main(["--cdefs", str(cdefs), "-o", str(ROOT / "pydmabuf" / "uapi"), "--check"]) == 1
+
+
+def test_v4l2_is_apart_and_shares_the_core_types() -> None:
+    with pytest.raises(ffi.error):
+        ffi.typeof("struct v4l2_buffer")  # not in the core module: loaded only with pydmabuf.uapi.v4l2
+    assert not [name for name in _ffi.IOCTLS if name.startswith("VIDIOC_")]
+    assert _v4l2.ffi.typeof("struct dma_buf_sync") is ffi.typeof("struct dma_buf_sync")
+    assert _v4l2.ioctl is _ffi.lib.ioctl

@@ -7,19 +7,21 @@ that adds its arguments, and a function that runs it and returns the exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._version import __version__
 from . import demo
 from .ps import ps, ps_args, top, top_args
 
+# Building the parser loads only argparse and each command's arguments: what a command
+# needs (psutil, the library's channel, the feature probes, json) it imports when it
+# runs, so `pydmabuf --help` and `pydmabuf info` start fast.
 
-@dataclass(frozen=True)
-class Command:
+
+class Command(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
@@ -34,6 +36,8 @@ def _info(args: argparse.Namespace) -> int:
 
     report = probe()
     if args.json:
+        import json
+
         print(json.dumps(report.as_dict(), indent=2))
         return 0
     yes_no = {True: "yes", False: "no", None: "unknown"}

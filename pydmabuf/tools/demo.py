@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import struct
-import subprocess
 import sys
 import time
 import zlib
+from typing import TYPE_CHECKING
 
-from .. import channel
-from ..allocator import Allocator
-from ..backends import get_backend
-from ..buffer import Buffer
-from ..errors import UnsupportedError
-from ..timeline import Timeline
+if TYPE_CHECKING:
+    from ..buffer import Buffer
+    from ..timeline import Timeline
 
+# The library's channel, allocator and timelines load when the demo runs, not when
+# the CLI builds its parser (``pydmabuf --help``, ``pydmabuf info``).
 _CRC = struct.Struct("<I")
 
 
@@ -37,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pool(size: int, count: int) -> tuple[list[Buffer], str]:
+    from ..allocator import Allocator
+    from ..backends import get_backend
+
     out: list[Buffer] = []
     with Allocator() as allocator:
         try:
@@ -54,6 +56,8 @@ def _pool(size: int, count: int) -> tuple[list[Buffer], str]:
 
 
 def _consume(address: str) -> int:
+    from .. import channel
+
     t0 = time.monotonic()
     frames = nbytes = bad = fenced = 0
     with channel.Consumer.connect(address, timeout=30) as consumer:
@@ -84,6 +88,14 @@ def run(args: argparse.Namespace) -> int:
     if args.frames <= 0 or args.size <= 0 or args.buffers <= 0:
         print("pydmabuf demo: --frames, --size and --buffers must be > 0", file=sys.stderr)
         return 2
+    import subprocess
+
+    from .. import channel
+    from ..backends import get_backend
+    from ..buffer import Buffer
+    from ..errors import UnsupportedError
+    from ..timeline import Timeline
+
     address = f"@pydmabuf-demo-{os.getpid()}"
     buffers, what = _pool(args.size, args.buffers)
     try:

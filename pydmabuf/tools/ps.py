@@ -7,16 +7,16 @@ processes) go to stderr so that piped output stays clean.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import psutil
+if TYPE_CHECKING:
+    from .accounting import Snapshot
 
-from .accounting import Snapshot, snapshot
+# psutil, the accounting scan, json and csv load when a command runs, not when the
+# CLI builds its parser (``pydmabuf --help``, ``pydmabuf info``).
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -69,6 +69,8 @@ def top_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _take(args: argparse.Namespace) -> Snapshot:
+    from .accounting import snapshot
+
     snap = snapshot()
     if args.pid is None and args.name is None and args.exporter is None:
         return snap
@@ -76,6 +78,8 @@ def _take(args: argparse.Namespace) -> Snapshot:
 
 
 def _missing_pids(args: argparse.Namespace) -> int:
+    import psutil
+
     missing = [pid for pid in args.pid or () if not psutil.pid_exists(pid)]
     for pid in missing:
         print(f"pydmabuf {args.command}: no such process: {pid}", file=sys.stderr)
@@ -94,6 +98,8 @@ def ps(args: argparse.Namespace) -> int:
         return 1
     snap = _take(args)
     if args.json:
+        import json
+
         json.dump(snap.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.csv:
@@ -153,6 +159,8 @@ def table(snap: Snapshot, buffers: bool) -> str:
 
 
 def write_csv(snap: Snapshot, buffers: bool, out: TextIO) -> None:
+    import csv
+
     writer = csv.writer(out, lineterminator="\n")
     if buffers:  # one row per (buffer, holder); a buffer's facts repeat on each
         writer.writerow(["inode", "size", "exporter", "name", "pid", "fds", "maps"])

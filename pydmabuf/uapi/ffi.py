@@ -1,17 +1,22 @@
-"""The one cffi FFI, read from the C declarations in ``cdefs/``, and the ioctl numbers.
+"""The one cffi FFI, with the C declarations of ``cdefs/``, and the ioctl numbers.
 
-ABI mode (``dlopen`` of libc) so installing needs no C compiler. Because ABI mode
-trusts the declarations blindly, ``tests/test_abi.py`` checks every size, offset and
-ioctl number against the kernel headers with a real C compiler.
+ABI mode (``dlopen`` of libc) so installing needs no C compiler, and out-of-line:
+``_cdefs`` is generated from ``cdefs/`` by ``tools/gen_cffi.py`` and holds the
+declarations already parsed, so importing needs no pycparser (parsing them cost
+most of ``import pydmabuf``). Because ABI mode trusts the declarations blindly,
+``tests/test_abi.py`` checks every size, offset and ioctl number against the kernel
+headers with a real C compiler, and that the generated modules match ``cdefs/``.
+
+The V4L2 declarations (``videodev2.h``) are not here: ``pydmabuf.uapi.v4l2`` loads
+them for the programs that ask.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from ._cdefs import ffi as ffi
 
-from cffi import FFI
-
-# Order matters: later files use structs declared in earlier ones.
+# Every file of cdefs/: the source of _cdefs and _cdefs_v4l2 (tools/gen_cffi.py reads
+# them in its own order) and what the wheel carries.
 CDEF_FILES = (
     "libc.h",
     "dma-buf.h",
@@ -24,42 +29,24 @@ CDEF_FILES = (
     "videodev2.h",
 )
 
-
-def cdefs_dir() -> Path:
-    """Where the declarations are: inside the package when installed from a wheel,
-    at the repository root in a source checkout or editable install."""
-    package = Path(__file__).resolve().parent.parent  # this file is pydmabuf/uapi/ffi.py
-    here = package
-    for candidate in (package / "cdefs", package.parent / "cdefs"):
-        if (candidate / "dma-buf.h").is_file():
-            return candidate
-    raise ImportError(f"pydmabuf: C declarations (cdefs/) not found next to {here}")
-
-
-ffi = FFI()
-for _name in CDEF_FILES:
-    ffi.cdef((cdefs_dir() / _name).read_text(), override=False)
 lib = ffi.dlopen(None)
 
 # asm-generic/ioctl.h encoding; identical on x86_64 and aarch64.
-_IOC_WRITE = 1
-_IOC_READ = 2
+IOC_WRITE = 1
+IOC_READ = 2
 
 
-def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
+def ioc(direction: int, kind: str, nr: int, size: int) -> int:
+    """_IOC(dir, type, nr, size): an ioctl request number."""
     return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
 
 
-def _ior(kind: str, nr: int, ctype: str) -> int:
-    return _ioc(_IOC_READ, kind, nr, ffi.sizeof(ctype))
-
-
 def _iow(kind: str, nr: int, ctype: str) -> int:
-    return _ioc(_IOC_WRITE, kind, nr, ffi.sizeof(ctype))
+    return ioc(IOC_WRITE, kind, nr, ffi.sizeof(ctype))
 
 
 def _iowr(kind: str, nr: int, ctype: str) -> int:
-    return _ioc(_IOC_READ | _IOC_WRITE, kind, nr, ffi.sizeof(ctype))
+    return ioc(IOC_READ | IOC_WRITE, kind, nr, ffi.sizeof(ctype))
 
 
 DMA_BUF_IOCTL_SYNC = _iow("b", 0, "struct dma_buf_sync")
@@ -83,23 +70,10 @@ DRM_IOCTL_MODE_CREATE_DUMB = _iowr("d", 0xB2, "struct drm_mode_create_dumb")
 DRM_COMMAND_BASE = 0x40
 DRM_IOCTL_VGEM_FENCE_ATTACH = _iowr("d", DRM_COMMAND_BASE + 1, "struct drm_vgem_fence_attach")
 DRM_IOCTL_VGEM_FENCE_SIGNAL = _iow("d", DRM_COMMAND_BASE + 2, "struct drm_vgem_fence_signal")
-# V4L2 (videodev2.h): the streaming subset examples/v4l2_capture.py uses
-VIDIOC_QUERYCAP = _ior("V", 0, "struct v4l2_capability")
-VIDIOC_ENUM_FMT = _iowr("V", 2, "struct v4l2_fmtdesc")
-VIDIOC_G_FMT = _iowr("V", 4, "struct v4l2_format")
-VIDIOC_S_FMT = _iowr("V", 5, "struct v4l2_format")
-VIDIOC_REQBUFS = _iowr("V", 8, "struct v4l2_requestbuffers")
-VIDIOC_QUERYBUF = _iowr("V", 9, "struct v4l2_buffer")
-VIDIOC_QBUF = _iowr("V", 15, "struct v4l2_buffer")
-VIDIOC_EXPBUF = _iowr("V", 16, "struct v4l2_exportbuffer")
-VIDIOC_DQBUF = _iowr("V", 17, "struct v4l2_buffer")
-VIDIOC_STREAMON = _iow("V", 18, "int")
-VIDIOC_STREAMOFF = _iow("V", 19, "int")
-VIDIOC_TRY_FMT = _iowr("V", 64, "struct v4l2_format")
 
 IOCTLS = {
     name: value
     for name, value in globals().items()
     if name.startswith(("DMA_BUF_IOCTL_", "DMA_BUF_SET_", "DMA_HEAP_IOCTL", "UDMABUF_CREATE",
-                        "SYNC_IOC_", "SW_SYNC_IOC_", "DRM_IOCTL_", "VIDIOC_"))
+                        "SYNC_IOC_", "SW_SYNC_IOC_", "DRM_IOCTL_"))
 }
