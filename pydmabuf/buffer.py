@@ -363,7 +363,11 @@ class Buffer(FdHolder):
     def dup(self) -> Buffer:
         fd = hold(self)
         try:
-            return new_buffer(dup_cloexec(fd), self._size, self._backend, self._offset)
+            try:
+                new = dup_cloexec(fd)
+            except OSError as exc:  # EMFILE above all: the library's error, naming the limit
+                raise error(exc.errno or E.EBADF, "Buffer.dup") from None
+            return new_buffer(new, self._size, self._backend, self._offset)
         finally:
             release(self)
 

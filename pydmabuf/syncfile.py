@@ -226,7 +226,11 @@ class SyncFile(FdHolder):
     def dup(self) -> SyncFile:
         fd = hold(self)
         try:
-            return new_sync_file(dup_cloexec(fd), self._backend)
+            try:
+                new = dup_cloexec(fd)
+            except OSError as exc:  # EMFILE above all: the library's error, naming the limit
+                raise error(exc.errno or E.EBADF, "SyncFile.dup") from None
+            return new_sync_file(new, self._backend)
         finally:
             release(self)
 

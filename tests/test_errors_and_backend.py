@@ -159,8 +159,13 @@ def _out_of_fds() -> int:
                                 "BufferPool": lambda: pydmabuf.BufferPool(4096, 2)}
     if heap is not None:
         calls.update({"Heap.allocate": lambda: heap.allocate(4096), "Heap()": lambda: pydmabuf.Heap("system")})
+    calls.update({"Buffer.dup": buf.dup, "Buffer.export_sync_file": buf.export_sync_file,
+                  "Buffer.from_fd(own=False)": lambda: pydmabuf.Buffer.from_fd(buf, own=False)})
     if timeline is not None:
-        calls["Timeline.fence"] = lambda: timeline.fence(1)
+        fence, other = timeline.fence(2), timeline.fence(3)
+        calls.update({"Timeline.fence": lambda: timeline.fence(1), "SyncFile.dup": fence.dup,
+                      "SyncFile.merge": lambda: fence.merge(other),
+                      "SyncFile.from_fd(own=False)": lambda: pydmabuf.SyncFile.from_fd(fence, own=False)})
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     taken = []
@@ -190,4 +195,46 @@ def test_out_of_fds_is_a_library_error_that_names_the_limit() -> None:
     from _procs import fork, join
 
     status = join(fork(_out_of_fds), timeout=60)
+    assert status == 0, f"exit status {status}: see the captured output"
+
+
+def _classify_after_running_out() -> int:
+    """In a fresh child (nothing classified yet): a buffer fd met for the first time
+    while no fd is left is TooManyOpenFilesError, not "not a buffer", and once an fd
+    is free the same fd is taken (the first sight was not remembered as a refusal)."""
+    import resource
+
+    buf = pydmabuf.udmabuf(4096)  # the default backend's kind: a memfd or a dma-buf
+    fd = buf.detach()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    taken = []
+    try:
+        while True:
+            taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass
+    try:
+        pydmabuf.Buffer.from_fd(fd).close()
+    except errors.TooManyOpenFilesError:
+        pass
+    except errors.Error as exc:
+        print("first sight without fds:", repr(exc))
+        return 10
+    else:  # a kind known without an fd (a dma-buf device seen before): fine too
+        print("classified without a spare fd")
+        return 0
+    os.close(taken.pop())
+    try:
+        pydmabuf.Buffer.from_fd(fd).close()
+    except errors.Error as exc:
+        print("after an fd was freed:", repr(exc))
+        return 11
+    return 0
+
+
+def test_running_out_of_fds_while_classifying_is_passing() -> None:
+    from _procs import fork, join
+
+    status = join(fork(_classify_after_running_out), timeout=60)
     assert status == 0, f"exit status {status}: see the captured output"

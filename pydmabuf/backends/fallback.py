@@ -43,7 +43,7 @@ def merged_fence(inputs: list[int]) -> int:
     if not pending:
         return fences.signaled_fence()
     if len(pending) == 1:
-        return dup_cloexec(pending[0])  # the same fence: no reactor, no extra fd
+        return _dup(pending[0], "merging fences")  # the same fence: no reactor, no extra fd
     out, signal_end = fences.new_fence()
     try:
         reactor.signal_when_all(pending, signal_end)
@@ -52,6 +52,13 @@ def merged_fence(inputs: list[int]) -> int:
         os.close(signal_end)
         raise
     return out
+
+
+def _dup(fd: int, what: str) -> int:
+    try:
+        return dup_cloexec(fd)
+    except OSError as exc:  # EMFILE above all: the library's error, naming the fd limit
+        raise error(exc.errno or E.EBADF, what) from None
 
 
 class _Fence:
@@ -142,7 +149,7 @@ class FallbackBackend(Backend):
                 raise unsupported("the fallback backend can only join contiguous ranges of one "
                                   "memfd; several memfds need the kernel's udmabuf")
             end = start + size
-        return dup_cloexec(first), offset, total
+        return _dup(first, "udmabuf"), offset, total
 
     @staticmethod
     def _check_udmabuf_range(memfd: int, offset: int, size: int) -> None:
@@ -326,7 +333,7 @@ class FallbackBackend(Backend):
             if state is None:
                 state = self._state[key] = _Implicit()
             self._pending(state, True)
-            state.fences.append(_Fence(dup_cloexec(sync_fd), bool(flags & _WRITE)))
+            state.fences.append(_Fence(_dup(sync_fd, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE"), bool(flags & _WRITE)))
         # Release the private fd (and maybe the state) as soon as the fence signals,
         # not at the buffer's next use, which may never come.
         watch = reactor.when_all([sync_fd], lambda: self._prune(key, state))
@@ -385,7 +392,11 @@ def _own_references(inode: int) -> int:
     """fds plus mappings of this inode in this process: the part of the kernel's
     reference count the fallback can see."""
     count = 0
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError as exc:  # EMFILE: listing needs an fd
+        raise error(exc.errno or E.EIO, "counting this process's references (/proc/self/fd)") from None
+    for name in names:
         try:
             # Our own fd N, asked with statx(AT_STATX_DONT_SYNC): stat() of the /proc link
             # would ask the file system of every file this process holds, and a FUSE
@@ -394,7 +405,11 @@ def _own_references(inode: int) -> int:
                 count += 1
         except (OSError, ValueError):
             pass
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+    try:
+        maps = open("/proc/self/maps", encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        raise error(exc.errno or E.EIO, "counting this process's mappings (/proc/self/maps)") from None
+    with maps as f:
         for line in f:
             fields = line.split(maxsplit=5)
             if len(fields) > 5 and fields[4] == str(inode) and "/memfd:" in fields[5]:

@@ -38,7 +38,10 @@ _NOT_A_FENCE = (E.EBADF, E.ENOTSOCK)
 
 
 def _pair() -> tuple[int, int]:
-    a, b = socket.socketpair(socket.AF_UNIX, _PAIR)
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, _PAIR)
+    except OSError as exc:  # EMFILE above all: the library's error, naming the fd limit
+        raise error(exc.errno or E.EIO, "a fallback fence (a socketpair)") from None
     return a.detach(), b.detach()
 
 

@@ -61,6 +61,7 @@ _AF_UNIX = int(socket.AF_UNIX)
 _SEQPACKET = int(socket.SOCK_SEQPACKET)
 _SOL = int(socket.SOL_SOCKET)
 _SO_TYPE = int(socket.SO_TYPE)
+_OUT_OF_FDS = (E.EMFILE, E.ENFILE)
 _shm_dev: int | None = None  # st_dev of the kernel's shm mount (memfds), learned on first need
 _sockets_first = False  # fence_kind: whether the last fence was a socket
 NOT_A_SOCKET = "not a socket"
@@ -122,7 +123,9 @@ def _learn_shm_dev() -> int:
     for flags in (_MFD_CLOEXEC, _MFD_CLOEXEC | _MFD_NOEXEC_SEAL):
         try:
             probe = os.memfd_create("pydmabuf-probe", flags)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _OUT_OF_FDS:  # passing: say so, and learn it next time
+                raise error(exc.errno, "classifying a buffer fd needs one more fd") from None
             continue
         try:
             return os.fstat(probe).st_dev  # our own file: nobody else's server
@@ -136,7 +139,9 @@ def _fdinfo_shows_exporter(fd: int) -> bool:
     dma_buf_show_fdinfo and nothing else; the generic lines are numbers only)."""
     try:
         info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in _OUT_OF_FDS:  # not "no dma-buf": we could not look
+            raise error(exc.errno, "classifying a buffer fd needs one more fd") from None
         return False
     try:
         text = os.read(info, 4096)
