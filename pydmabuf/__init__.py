@@ -19,6 +19,7 @@ from .allocator import Allocator
 from .backends import get_backend
 from .buffer import Buffer, CpuAccess, Mapping
 from .errors import (
+    BusyError,
     ClosedError,
     Error,
     InvalidArgumentError,
@@ -26,6 +27,7 @@ from .errors import (
     OutOfMemoryError,
     PermissionDeniedError,
     TimeoutError,
+    TooManyOpenFilesError,
     UnsupportedError,
 )
 from .heap import Heap, heaps
@@ -71,6 +73,7 @@ __all__ = [
     "Buffer",
     "BufferInfo",
     "BufferPool",
+    "BusyError",
     "ClosedError",
     "Consumer",
     "CpuAccess",
@@ -97,6 +100,7 @@ __all__ = [
     "SyncFileInfo",
     "Timeline",
     "TimeoutError",
+    "TooManyOpenFilesError",
     "UnsupportedError",
     "aio",
     "allocate_frame",

@@ -89,7 +89,12 @@ class ReadOnlyError(PermissionDeniedError, builtins.TypeError):
     TypeError as mmap's own refusal is."""
 
 
-class MappingInUseError(Error, builtins.BufferError):
+class BusyError(Error):
+    """EBUSY: the object is in use right now (``detach()`` while another thread is inside
+    an operation on it or a coroutine awaits it); try again once that is done."""
+
+
+class MappingInUseError(BusyError, builtins.BufferError):
     """EBUSY: a Mapping cannot be closed while an array, memoryview or DLPack tensor
     still uses its memory; a BufferError as mmap's own refusal is."""
 
@@ -116,6 +121,7 @@ _BY_ERRNO: dict[int, type[Error]] = {
     E.ECONNREFUSED: PeerRefusedError,
     E.EAGAIN: WouldBlockError,
     E.EMFILE: TooManyOpenFilesError,
+    E.EBUSY: BusyError,
     E.ENFILE: TooManyOpenFilesError,
 }
 

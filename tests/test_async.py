@@ -361,7 +361,7 @@ def test_detach_is_refused_while_a_coroutine_awaits(timeline: pydmabuf.Timeline)
         with timeline.fence(1) as fence:
             task = asyncio.create_task(fence.wait_async(timeout=8))
             await asyncio.sleep(0.02)
-            with pytest.raises(pydmabuf.Error) as refused:
+            with pytest.raises(pydmabuf.BusyError) as refused:
                 fence.detach()
             assert refused.value.errno == errno.EBUSY
             assert not fence.closed

@@ -418,7 +418,7 @@ def test_detach_is_refused_while_a_thread_is_inside_cpu_access() -> None:
         a.start()
         try:
             assert inside.wait(10)
-            with pytest.raises(pydmabuf.Error) as refused:
+            with pytest.raises(pydmabuf.BusyError) as refused:
                 buf.detach()
             assert refused.value.errno == errno.EBUSY and "detach" in str(refused.value)
             assert not isinstance(refused.value, pydmabuf.ClosedError)
