@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno as E
 import os
+import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -137,7 +138,7 @@ class FdHolder:
     def detach(self) -> int:
         """Give up ownership: return the fd and leave this object closed.
 
-        Refused, with :class:`~pydmabuf.errors.Error` of errno EBUSY, while an
+        Refused with :class:`~pydmabuf.errors.BusyError` (EBUSY), while an
         operation in another thread is inside this object (a ``cpu_access`` bracket,
         a ``wait``) or a coroutine awaits it: the caller would get a number that the
         operation still uses, and whatever the caller does with it (close it, send it)
@@ -244,6 +245,7 @@ __all__ = [
     "hold_remove",
     "not_picklable",
     "pickled_fd",
+    "reduce_or_refuse",
     "release",
     "remove_close_hook",
     "unpickled_fd",
@@ -294,6 +296,17 @@ def as_fd(obj: object) -> int:
 # sharer for the life of the process, one per call. (Checking the caller's stack, or
 # ``get_spawning_popen()``, would miss Queue and Pool, which pickle outside any spawn.)
 # The dispatch table is keyed by exact type: a subclass registers itself the same way.
+#
+# Registering needs multiprocessing.reduction, ~3 ms of import that most programs
+# never use. So it happens at once only where that module is already loaded; else the
+# first ForkingPickler that meets one of our objects has no entry for it and reaches
+# ``__reduce__``, which recognises it (its Python caller, the frame that called the C
+# pickler, is multiprocessing.reduction's ``dumps`` or ``dump``: every multiprocessing
+# path pickles through those two), registers every class, and reduces this object.
+
+_MP_REDUCTION = "multiprocessing.reduction"
+_mp_reducers: dict[type, Callable[..., tuple[object, ...]]] = {}
+
 
 class DupFdLike(Protocol):
     def detach(self) -> int: ...
@@ -301,12 +314,33 @@ class DupFdLike(Protocol):
 
 def for_multiprocessing(cls: type, reduce: Callable[..., tuple[object, ...]]) -> None:
     """Let multiprocessing's pickler, and only it, pickle ``cls`` with ``reduce``
-    (give ``cls`` a ``__reduce__`` that raises :func:`not_picklable`). Importing
-    multiprocessing.reduction here costs ~2 ms once; registering later, when it is
-    first imported, would need an import hook."""
+    (give ``cls`` a ``__reduce__`` that returns :func:`reduce_or_refuse`)."""
+    _mp_reducers[cls] = reduce
+    if _MP_REDUCTION in sys.modules:
+        _register_reducers()
+
+
+def _register_reducers() -> None:
     from multiprocessing.reduction import ForkingPickler
 
-    ForkingPickler.register(cls, reduce)  # type: ignore[arg-type]  # typeshed: a union of reduce tuples
+    for cls, reduce in _mp_reducers.items():
+        ForkingPickler.register(cls, reduce)  # type: ignore[arg-type]  # typeshed: a union of reduce tuples
+
+
+def reduce_or_refuse(obj: object) -> tuple[object, ...]:
+    """What ``__reduce__`` of a class registered with :func:`for_multiprocessing`
+    returns: its reduction for multiprocessing's pickler met before registration (see
+    above), else the TypeError of :func:`not_picklable`."""
+    reduce = _mp_reducers.get(type(obj))
+    if reduce is not None:
+        try:  # 0: here, 1: __reduce__, 2: whoever called the (C) pickler
+            caller = sys._getframe(2).f_globals.get("__name__")
+        except ValueError:
+            caller = None
+        if caller == _MP_REDUCTION:
+            _register_reducers()  # from now on the dispatch table has them
+            return reduce(obj)
+    raise not_picklable(obj)
 
 
 def not_picklable(obj: object) -> TypeError:

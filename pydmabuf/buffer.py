@@ -33,8 +33,8 @@ from ._fd import (
     hold,
     hold_append,
     hold_remove,
-    not_picklable,
     pickled_fd,
+    reduce_or_refuse,
     release,
     unpickled_fd,
 )
@@ -325,7 +325,7 @@ class Buffer(FdHolder):
     def __reduce__(self) -> tuple[object, ...]:
         # Only multiprocessing pickles a Buffer (_reduce_buffer, registered below; see
         # the pickling notes in _fd): anything else would pin a duplicate fd.
-        raise not_picklable(self)
+        return reduce_or_refuse(self)
 
     # --- facts -------------------------------------------------------------------
     @property

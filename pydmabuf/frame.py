@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from . import interop
-from ._fd import for_multiprocessing, not_picklable
+from ._fd import for_multiprocessing, reduce_or_refuse
 from .buffer import Buffer, Mapping
 from .errors import ClosedError, InvalidIndexError, check_index, closed, invalid
 from .formats import LINEAR, MOD_INVALID, Format, PlaneFormat, as_format, check_modifier, describe_modifier
@@ -375,7 +375,7 @@ class Frame:
     def __reduce__(self) -> tuple[object, ...]:
         # Only multiprocessing pickles a Frame (_reduce_frame, registered below; see the
         # pickling notes in pydmabuf._fd).
-        raise not_picklable(self)
+        return reduce_or_refuse(self)
 
     # --- lifetime ------------------------------------------------------------------
     def close(self) -> None:

@@ -15,8 +15,8 @@ from ._fd import (
     dup_cloexec,
     for_multiprocessing,
     hold,
-    not_picklable,
     pickled_fd,
+    reduce_or_refuse,
     release,
     unpickled_fd,
 )
@@ -107,7 +107,7 @@ class SyncFile(FdHolder):
     def __reduce__(self) -> tuple[object, ...]:
         # Only multiprocessing pickles a SyncFile (_reduce_sync_file, registered below;
         # see the pickling notes in _fd): anything else would pin a duplicate fd.
-        raise not_picklable(self)
+        return reduce_or_refuse(self)
 
     @property
     def backend(self) -> str:

@@ -34,6 +34,9 @@ NEVER = (
     "pydmabuf.aio",
     "pydmabuf.cuda",
     "pydmabuf.tools.accounting",
+    "multiprocessing",  # pickling support registers when multiprocessing first pickles one
+    "dataclasses",  # and with it inspect, ast, dis: ~9 ms for the info records
+    "inspect",
 )
 
 
@@ -100,3 +103,52 @@ def test_the_cli_loads_no_tool_it_does_not_run(argv: list[str]) -> None:
                      f"    try:\n        cli.main({argv!r})\n    except SystemExit:\n        pass")
     assert not loaded & {"psutil", "pydmabuf.tools.accounting", "pydmabuf.channel", "pycparser",
                          "pydmabuf.uapi.v4l2"}, sorted(loaded)
+
+
+# multiprocessing imported after pydmabuf: the first ForkingPickler that meets a Buffer
+# registers the reducers (see pydmabuf._fd), a Queue carries it to a child, and plain
+# pickle still refuses.
+_LATE_MP = """
+import pickle, sys
+import pydmabuf
+
+def child(q, out):
+    buf = q.get(timeout=30)
+    with buf.map() as m:
+        out.put(bytes(m[:5]))
+    buf.close()
+
+if __name__ == "__main__":
+    assert "multiprocessing" not in sys.modules
+    import multiprocessing as mp
+    from multiprocessing.reduction import ForkingPickler
+
+    with pydmabuf.udmabuf(4096) as buf:
+        with buf.map() as m:
+            m[:5] = b"hello"
+        ctx = mp.get_context("spawn")
+        q, out = ctx.Queue(), ctx.Queue()
+        p = ctx.Process(target=child, args=(q, out))
+        p.start()
+        q.put(buf)
+        assert out.get(timeout=60) == b"hello"
+        p.join(60)
+        assert p.exitcode == 0
+        try:
+            pickle.dumps(buf)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("plain pickle of a Buffer was allowed")
+        pickle.loads(ForkingPickler.dumps(buf)).close()  # registered now: the dispatch table
+    print("ok")
+"""
+
+
+def test_multiprocessing_imported_later_still_pickles(tmp_path: object) -> None:
+    from pathlib import Path
+
+    script = Path(str(tmp_path)) / "late_mp.py"
+    script.write_text(_LATE_MP)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr

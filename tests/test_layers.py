@@ -142,6 +142,10 @@ def _declared(tree: ast.Module) -> set[str]:
     return names
 
 
+# The standard library's documented functions whose names start with an underscore.
+DOCUMENTED_UNDERSCORED = {("sys", "_getframe"), ("os", "_exit")}
+
+
 def _private_reads(module: str, tree: ast.Module | None = None) -> list[str]:
     tree = tree or _tree(module)
     own = _declared(tree)
@@ -149,6 +153,8 @@ def _private_reads(module: str, tree: ast.Module | None = None) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
             if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            if isinstance(node.value, ast.Name) and (node.value.id, node.attr) in DOCUMENTED_UNDERSCORED:
                 continue
             found.append(f"line {node.lineno}: .{node.attr}")
         elif isinstance(node, ast.ImportFrom):
@@ -164,3 +170,5 @@ def test_no_private_attribute_read_across_modules() -> None:
 def test_the_private_read_check_can_fail() -> None:
     tree = ast.parse("def f(buf):\n    return buf._backend\n\ndef g(self):\n    return self._x\n")
     assert _private_reads("probe", tree) == ["line 2: ._backend"]
+    tree = ast.parse("import sys\ndef f(m):\n    return sys._getframe(1), m._getframe\n")
+    assert _private_reads("probe", tree) == ["line 3: ._getframe"]  # only sys's is documented
