@@ -131,6 +131,15 @@ def _read_latencies(path: str) -> list[float]:
     return values.tolist()
 
 
+def _collected(row: Row, outputs: list[str]) -> Row:
+    """``row`` with what each consumer wrote to its output file added."""
+    for out in outputs:
+        got = _read_latencies(out)
+        row.delivered += len(got)
+        row.latencies += got
+    return row
+
+
 # --- the channel ------------------------------------------------------------------------
 
 def channel_run(policy: str, consumers: int, rate: float, frames: int, tmp: str) -> Row:
@@ -171,11 +180,7 @@ def channel_run(policy: str, consumers: int, rate: float, frames: int, tmp: str)
             producer.close()  # end of stream: the consumers write their figures and exit
             for pid in pids:
                 reap(pid)
-    for out in outputs:
-        got = _read_latencies(out)
-        row.delivered += len(got)
-        row.latencies += got
-    return row
+    return _collected(row, outputs)
 
 
 def channel_round_trip(n: int) -> float:
@@ -278,11 +283,7 @@ def send_fds_run(consumers: int, rate: float, frames: int, tmp: str) -> Row:
             os.close(fd)
         for pid in pids:
             reap(pid)
-    for out in outputs:
-        got = _read_latencies(out)
-        row.delivered += len(got)
-        row.latencies += got
-    return row
+    return _collected(row, outputs)
 
 
 def send_fds_round_trip(n: int) -> float:

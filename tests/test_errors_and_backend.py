@@ -143,11 +143,25 @@ def test_emfile_and_enfile_are_typed_and_name_the_limit() -> None:
     assert "a hint" in str(errors.error(errno.EMFILE, "x", "a hint"))  # a given hint stands
 
 
+def _use_up_fds(limit: int) -> list[int]:
+    """Lower this process's fd limit to ``limit`` and open fds until none is left."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    taken = []
+    try:
+        while True:
+            taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass
+    return taken
+
+
 def _out_of_fds() -> int:
     """In a forked child: make what the calls need, lower the fd limit to 64, use up
     every fd, then each call must raise TooManyOpenFilesError naming the limit. The exit
     status says which did not (10 + its index), and the captured output why."""
-    import resource
     import traceback
 
     from conftest import TIMELINE_MISSING
@@ -166,14 +180,7 @@ def _out_of_fds() -> int:
         calls.update({"Timeline.fence": lambda: timeline.fence(1), "SyncFile.dup": fence.dup,
                       "SyncFile.merge": lambda: fence.merge(other),
                       "SyncFile.from_fd(own=False)": lambda: pydmabuf.SyncFile.from_fd(fence, own=False)})
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-    taken = []
-    try:
-        while True:
-            taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
-        pass
+    _use_up_fds(64)  # the fds stay open (the child exits)
     for status, (name, call) in enumerate(calls.items(), start=10):
         try:
             result = call()  # type: ignore[operator]
@@ -202,18 +209,10 @@ def _classify_after_running_out() -> int:
     """In a fresh child (nothing classified yet): a buffer fd met for the first time
     while no fd is left is TooManyOpenFilesError, not "not a buffer", and once an fd
     is free the same fd is taken (the first sight was not remembered as a refusal)."""
-    import resource
 
     buf = pydmabuf.udmabuf(4096)  # the default backend's kind: a memfd or a dma-buf
     fd = buf.detach()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-    taken = []
-    try:
-        while True:
-            taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
-        pass
+    taken = _use_up_fds(64)
     try:
         pydmabuf.Buffer.from_fd(fd).close()
     except errors.TooManyOpenFilesError:
