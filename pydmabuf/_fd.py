@@ -39,12 +39,18 @@ import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol, TypeVar
 
 from .errors import closed, error, invalid
 from .uapi.ops import dup_cloexec
 
-_Self = TypeVar("_Self", bound="FdHolder")
+# typing (with re) is ~5 ms of import that annotations alone don't need: the names it
+# gives are defined for mypy only (it reads this name as typing.TYPE_CHECKING), with
+# placeholders at run time where other modules import them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol, TypeVar
+
+    _Self = TypeVar("_Self", bound="FdHolder")
 
 # Objects with an operation in flight, once per hold. Usually empty; a hold is a list
 # append and remove, which the GIL (or the list's own lock) makes atomic.
@@ -255,11 +261,13 @@ __all__ = [
 FD_MAX = 2**31 - 1
 
 
-class HasFileno(Protocol):
-    def fileno(self) -> int: ...
+if TYPE_CHECKING:
+    class HasFileno(Protocol):
+        def fileno(self) -> int: ...
 
-
-FdLike = int | HasFileno  # what from_fd and friends accept: an fd or anything with fileno()
+    FdLike = int | HasFileno  # what from_fd and friends accept: an fd or anything with fileno()
+else:
+    HasFileno = FdLike = object  # for annotations only (see TYPE_CHECKING above)
 
 
 def as_fd(obj: object) -> int:
@@ -308,8 +316,11 @@ _MP_REDUCTION = "multiprocessing.reduction"
 _mp_reducers: dict[type, Callable[..., tuple[object, ...]]] = {}
 
 
-class DupFdLike(Protocol):
-    def detach(self) -> int: ...
+if TYPE_CHECKING:
+    class DupFdLike(Protocol):
+        def detach(self) -> int: ...
+else:
+    DupFdLike = object  # for annotations only
 
 
 def for_multiprocessing(cls: type, reduce: Callable[..., tuple[object, ...]]) -> None:

@@ -36,3 +36,11 @@ def test_bench_ioctl_reports_every_row_on_a_real_kernel() -> None:
     for row in (*ROWS, "allocate", "udmabuf_from_memfd"):
         assert any(line.startswith(row) for line in out.splitlines()), out
     assert "worst overhead" in out
+
+
+def test_bench_import_reports_every_row() -> None:
+    out = _run("bench_import.py", "--runs", "1", "--top", "3")
+    for row in ("python -c pass", "import fcntl, struct", "import json", "import pydmabuf", "pydmabuf --help",
+                "pydmabuf info"):
+        assert any(line.startswith(row) for line in out.splitlines()), out
+    assert "importtime" in out
