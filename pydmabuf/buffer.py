@@ -38,7 +38,7 @@ from ._fd import (
     release,
     unpickled_fd,
 )
-from .backends import Backend, buffer_backend, get_backend
+from .backends import Backend, buffer_backend, buffer_backend_of, get_backend
 from .dlpack import collect as _collect_dlpack
 from .dlpack import dlpack, dlpack_device
 from .errors import (
@@ -217,14 +217,14 @@ def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     return buf
 
 
-def _classified(fd: int, new: int, dev: int | None, found: Backend | None, size: int,
+def _classified(fd: int, new: int, mode: int, dev: int | None, found: Backend | None, size: int,
                 backend: str | Backend | None) -> tuple[Backend, int]:
     """from_fd's slow half: what ``new`` (``fd`` or the dup of it) is, beyond a dma-buf
-    filesystem seen before, checked against the ``backend`` the caller expects. Errors
-    name the caller's number ``fd``."""
+    filesystem seen before, checked against the ``backend`` the caller expects, from
+    the statx already done (``dev`` None: it failed). Errors name the caller's number ``fd``."""
     if found is None:
         try:
-            found, size = buffer_backend(new)
+            found, size = buffer_backend(new) if dev is None else buffer_backend_of(new, mode, size, dev)
         except Error:
             if new != fd:
                 buffer_backend(fd)  # the same complaint, naming the caller's number
@@ -297,10 +297,10 @@ class Buffer(FdHolder):
             found = _KERNEL_BY_DEV.get(dev) if not mode & 0o170000 else None
         except (OSError, OverflowError):
             dev = found = None
-            size = 0
+            size = mode = 0
         if found is None or backend is not None:
             try:
-                found, size = _classified(fd, new, dev, found, size, backend)
+                found, size = _classified(fd, new, mode, dev, found, size, backend)
             except BaseException:
                 if new != fd:
                     os.close(new)

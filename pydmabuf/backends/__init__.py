@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 
 from ..errors import invalid, unsupported
-from ..uapi.fdkind import DMA_BUF, FALLBACK_FENCE, MEMFD, SYNC_FILE, buffer_kind, fence_kind
+from ..uapi.fdkind import DMA_BUF, FALLBACK_FENCE, MEMFD, SYNC_FILE, buffer_kind, buffer_kind_of, fence_kind
 from .base import Backend, TimelineSource
 
-__all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "default_name", "fence_backend",
-           "get_backend"]
+__all__ = ["BACKEND_NAMES", "Backend", "TimelineSource", "buffer_backend", "buffer_backend_of", "default_name",
+           "fence_backend", "get_backend"]
 
 BACKEND_NAMES = ("kernel", "fallback")
 # Backends by name; None maps to the default once chosen (one dict lookup per call).
@@ -82,6 +82,12 @@ def buffer_backend(fd: int) -> tuple[Backend, int]:
     """The backend whose semantics apply to buffer ``fd`` (kernel for any dma-buf,
     fallback for a sealed memfd) and its size; InvalidArgumentError for anything else."""
     kind, size = buffer_kind(fd)
+    return get_backend(_BY_KIND[kind]), size
+
+
+def buffer_backend_of(fd: int, mode: int, size: int, dev: int) -> tuple[Backend, int]:
+    """buffer_backend for a caller that has ``fd``'s ``ops.cached_stat`` already."""
+    kind, size = buffer_kind_of(fd, mode, size, dev)
     return get_backend(_BY_KIND[kind]), size
 
 

@@ -77,6 +77,11 @@ def buffer_kind(fd: int) -> tuple[str, int]:
         mode, size, dev = _cached_stat(fd)
     except (OSError, OverflowError) as exc:
         raise _stat_error(fd, exc) from None
+    return buffer_kind_of(fd, mode, size, dev)
+
+
+def buffer_kind_of(fd: int, mode: int, size: int, dev: int) -> tuple[str, int]:
+    """buffer_kind for a caller that has ``fd``'s ``ops.cached_stat`` already."""
     fmt = mode & _S_IFMT
     if not fmt:
         if _dma_buf_devs.get(dev):
