@@ -119,6 +119,7 @@ class FdHolder:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` or ``detach()`` has run (never raises)."""
         return self._fd < 0
 
     # --- lifetime ----------------------------------------------------------------

@@ -96,14 +96,18 @@ class Allocator:
 
     @property
     def providers(self) -> tuple[str, ...]:
+        """The provider names in the order tried, duplicates removed."""
         return self._providers
 
     @property
     def backend(self) -> str:
+        """The backend's name, ``"kernel"`` or ``"fallback"`` (the ``"fallback"`` provider
+        allocates on the fallback backend whatever this says)."""
         return self._backend.name
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has run; ``allocate`` then raises ClosedError."""
         return self._closed
 
     def allocate(self, size: int, *, name: str | None = None) -> Buffer:

@@ -113,6 +113,8 @@ class Mapping(mmap.mmap):
     __dlpack_device__ = dlpack_device
 
     def close(self) -> None:
+        """Unmap; the buffer itself stays open. MappingInUseError (EBUSY, a BufferError) while an
+        array, memoryview or DLPack tensor still uses the memory. Calling it again does nothing."""
         _collect_dlpack()  # release exports whose consumer is done, so close works right after
         try:
             super().close()
@@ -123,6 +125,7 @@ class Mapping(mmap.mmap):
             self.__class__ = _ClosedMapping
 
     def resize(self, newsize: int) -> None:
+        """Always refused: UnsupportedError (ClosedError once closed); a buffer's size is fixed."""
         # mmap would ftruncate the buffer's file: a fallback memfd would grow under
         # every other holder of the buffer.
         raise unsupported("a Mapping has its buffer's fixed size: it cannot be resized")
@@ -330,10 +333,12 @@ class Buffer(FdHolder):
     # --- facts -------------------------------------------------------------------
     @property
     def size(self) -> int:
+        """The size in bytes (an allocation's is rounded up to pages); fixed, and readable after close."""
         return self._size
 
     @property
     def backend(self) -> str:
+        """``"kernel"`` (a dma-buf) or ``"fallback"`` (a memfd); readable after close."""
         return self._backend.name
 
     @property
@@ -346,6 +351,10 @@ class Buffer(FdHolder):
             release(self)
 
     def set_name(self, name: str) -> None:
+        """Name the buffer: a str of at most 31 UTF-8 bytes without NUL (InvalidArgumentError
+        otherwise). Kernel: DMA_BUF_SET_NAME (Linux 5.3+), seen system-wide in fdinfo; fallback:
+        an xattr on the memfd, or kept in this process (and sent with the buffer) where tmpfs
+        has no user xattrs. ClosedError if closed."""
         raw = encode_name(name)
         fd = hold(self)
         try:
@@ -354,6 +363,9 @@ class Buffer(FdHolder):
             release(self)
 
     def info(self) -> BufferInfo:
+        """Size, exporter, name, inode and reference count (see :class:`BufferInfo`). Kernel:
+        from fdinfo, ``count`` system-wide; fallback: exporter ``"pydmabuf-fallback"``, ``count``
+        this process's fds and mappings only. ClosedError if closed."""
         fd = hold(self)
         try:
             return BufferInfo(*self._backend.buffer_info(fd, self._size))
@@ -361,6 +373,8 @@ class Buffer(FdHolder):
             release(self)
 
     def dup(self) -> Buffer:
+        """A second Buffer on a close-on-exec dup of the fd (the same file and size); each
+        closes on its own. ClosedError if closed; TooManyOpenFilesError at the fd limit."""
         fd = hold(self)
         try:
             try:
@@ -413,6 +427,9 @@ class Buffer(FdHolder):
             release(self)
 
     def end_cpu_access(self, read: bool = True, write: bool = True) -> None:
+        """DMA_BUF_IOCTL_SYNC END, with the directions of the matching ``begin_cpu_access``.
+        An unpaired END: the system heap accepts it, udmabuf refuses it before the first START,
+        the fallback always refuses it (InvalidArgumentError). ClosedError if closed."""
         flags = _direction(read, write) | END
         fd = hold(self)
         try:

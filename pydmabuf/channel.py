@@ -492,10 +492,12 @@ class Producer:
     # --- state -----------------------------------------------------------------
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has run; every method then raises ClosedError."""
         return self._listener is None
 
     @property
     def consumers(self) -> int:
+        """Consumers connected and admitted now, as last noticed by ``acquire``, ``submit`` or ``poll``."""
         return len(self._peers)
 
     @property
@@ -890,6 +892,7 @@ class Delivery:
 
     @property
     def released(self) -> bool:
+        """True once ``release()`` has run (also at the end of ``with delivery:``)."""
         return self._consumer is None
 
     def release(self) -> None:
@@ -1008,13 +1011,17 @@ class Consumer:
 
     @property
     def ended(self) -> bool:
+        """True once the stream has ended (``receive`` returns None or raises the refusal);
+        ``end_reason`` says why."""
         return self.end_reason is not None
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has run."""
         return self._sock is None
 
     def fileno(self) -> int:
+        """The socket's fd, readable when a message waits (for poll/select); ClosedError after ``close()``."""
         if self._sock is None:
             raise closed("Consumer")
         return self._sock.fileno()

@@ -175,6 +175,7 @@ class Format:
     # --- facts ---------------------------------------------------------------------
     @property
     def fourcc(self) -> int:
+        """The fourcc code (a u32, e.g. 0x3231564E for NV12)."""
         return self._fourcc
 
     @property
@@ -190,10 +191,12 @@ class Format:
 
     @property
     def planes(self) -> tuple[PlaneFormat, ...]:
+        """How each plane stores pixels, in plane order (see :class:`PlaneFormat`)."""
         return self._planes
 
     @property
     def num_planes(self) -> int:
+        """The number of planes, ``len(planes)``, as drm_format_info counts them."""
         return len(self._planes)
 
     @property
@@ -204,14 +207,17 @@ class Format:
 
     @property
     def is_yuv(self) -> bool:
+        """Whether the pixels are YCbCr (drm_format_info's ``is_yuv``)."""
         return bool(self._flags & _table.IS_YUV)
 
     @property
     def has_alpha(self) -> bool:
+        """Whether the format has an alpha channel (drm_format_info's ``has_alpha``)."""
         return bool(self._flags & _table.HAS_ALPHA)
 
     @property
     def is_color_indexed(self) -> bool:
+        """Whether pixels are palette indices (C1, C2, C4, C8; drm_format_info's ``is_color_indexed``)."""
         return bool(self._flags & _table.COLOR_INDEXED)
 
     @property

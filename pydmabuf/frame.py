@@ -73,14 +73,17 @@ class PlaneView:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(rows, row_bytes)``: the shape of ``numpy.asarray(view)``."""
         return (self.rows, self.row_bytes)
 
     @property
     def strides(self) -> tuple[int, int]:
+        """``(pitch, 1)`` in bytes: the strides of ``numpy.asarray(view)``."""
         return (self.pitch, 1)
 
     @property
     def readonly(self) -> bool:
+        """Whether writes are refused (a view made with ``write=False``); ValueError once released."""
         return self._data.readonly
 
     @property
@@ -107,6 +110,7 @@ class PlaneView:
         return b"".join(self.row(i) for i in range(self.rows))
 
     def release(self) -> None:
+        """Drop the view's hold on the mapping (arrays made from it keep it). Idempotent."""
         self._data.release()
 
     def __enter__(self) -> PlaneView:
@@ -239,34 +243,42 @@ class Frame:
     # --- facts ---------------------------------------------------------------------
     @property
     def width(self) -> int:
+        """The image width in pixels."""
         return self._width
 
     @property
     def height(self) -> int:
+        """The image height in pixels."""
         return self._height
 
     @property
     def format(self) -> Format:
+        """The DRM pixel format."""
         return self._format
 
     @property
     def modifier(self) -> int:
+        """The DRM format modifier (a u64; LINEAR by default, MOD_INVALID for an implied layout)."""
         return self._modifier
 
     @property
     def objects(self) -> tuple[Buffer, ...]:
+        """The 1-4 Buffers that the planes' ``object_index`` refers to."""
         return self._objects
 
     @property
     def planes(self) -> tuple[Plane, ...]:
+        """One ``Plane(object_index, offset, pitch)`` per plane; offsets and pitches in bytes."""
         return self._planes
 
     @property
     def own(self) -> bool:
+        """Whether ``close()`` closes the objects too."""
         return self._own
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has run; methods then raise ClosedError (these facts stay readable)."""
         return self._closed
 
     def _check_open(self) -> None:
@@ -305,6 +317,8 @@ class Frame:
         return PlaneView(memoryview(mapping)[plane.offset:plane.offset + span], rows, row_bytes, plane.pitch)
 
     def plane_views(self, *, write: bool = True) -> list[PlaneView]:
+        """``plane_view(i, write=write)`` for every plane, in order (linear layouts only;
+        ClosedError once closed)."""
         return [self.plane_view(i, write=write) for i in range(len(self._planes))]
 
     @contextmanager

@@ -96,6 +96,7 @@ class Heap(FdHolder):
 
     @property
     def backend(self) -> str:
+        """``"kernel"`` (a /dev/dma_heap node) or ``"fallback"`` (memfds); readable after close."""
         return self._backend.name
 
     def allocate(self, size: int, *, name: str | None = None) -> Buffer:

@@ -159,6 +159,7 @@ class BufferPool:
 
     @property
     def count(self) -> int:
+        """How many buffers the pool holds, lent or not (a replaced buffer counts once)."""
         return self._count
 
     @property
@@ -173,10 +174,13 @@ class BufferPool:
 
     @property
     def allocator(self) -> Allocator:
+        """Where replacements come from: the one given, or the pool's own ``Allocator()``
+        (closed with the pool)."""
         return self._allocator
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has run; ``acquire`` and ``take`` then raise ClosedError."""
         return self._closed
 
     # --- lending ---------------------------------------------------------------

@@ -111,6 +111,7 @@ class SyncFile(FdHolder):
 
     @property
     def backend(self) -> str:
+        """``"kernel"`` (a sync_file) or ``"fallback"`` (a socketpair end); readable after close."""
         return self._backend.name
 
     @property
@@ -203,6 +204,8 @@ class SyncFile(FdHolder):
                 f.close()
 
     def info(self) -> SyncFileInfo:
+        """Name, status (1 signaled, 0 active, <0 -errno) and leaf fences (SYNC_IOC_FILE_INFO,
+        Linux 4.7+); the fallback reports one fence named ``"pydmabuf-fallback"``. ClosedError if closed."""
         fd = hold(self)
         try:
             name, status, fences = self._backend.sync_file_info(fd)
@@ -224,6 +227,8 @@ class SyncFile(FdHolder):
             release(self)
 
     def dup(self) -> SyncFile:
+        """A second SyncFile on a close-on-exec dup of the fd (the same fence); each closes on
+        its own. ClosedError if closed; TooManyOpenFilesError at the fd limit."""
         fd = hold(self)
         try:
             try:

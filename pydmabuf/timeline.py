@@ -37,10 +37,12 @@ class Timeline:
 
     @property
     def kind(self) -> str:
+        """The fence source: ``"fallback"``, ``"sw_sync"`` or ``"vgem"``. ClosedError once closed."""
         return self._src().kind
 
     @property
     def value(self) -> int:
+        """The highest point signaled so far (0 before the first ``signal``)."""
         return self._value
 
     def _src(self) -> TimelineSource:
@@ -49,6 +51,8 @@ class Timeline:
         return self._source
 
     def fence(self, point: int) -> SyncFile:
+        """A new SyncFile that signals once the timeline reaches ``point`` (at once if it has);
+        points are ints in 1..2**31-1 (InvalidArgumentError). ClosedError once closed or forked."""
         _check_point(point)
         source = self._src()
         try:
@@ -67,6 +71,8 @@ class Timeline:
         self._value = max(self._value, point)
 
     def close(self) -> None:
+        """Close the source: pending fences signal (sw_sync's with an error status). Calling it
+        again, or in a forked child, does nothing."""
         source, self._source = self._source, None
         if source is not None:
             source.close()
