@@ -48,7 +48,9 @@ def _info(args: argparse.Namespace) -> int:
         if heap.fix:
             print(f"          fix: {heap.fix}")
     if not report.heaps:
-        print("heaps:    none (no /dev/dma_heap: kernel without CONFIG_DMABUF_HEAPS)")
+        # pydmabuf.heaps() lists what the active backend offers: say both, or they seem to disagree.
+        emulated = "; the fallback backend emulates 'system'" if report.backend == "fallback" else ""
+        print(f"heaps:    none in this kernel (no /dev/dma_heap: CONFIG_DMABUF_HEAPS off){emulated}")
     limits = f"size_limit_mb={report.udmabuf_size_limit_mb}, list_limit={report.udmabuf_list_limit}"
     if report.udmabuf is None:
         print("udmabuf:  absent (no /dev/udmabuf: kernel without CONFIG_UDMABUF)")
