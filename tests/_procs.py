@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import traceback
 from collections.abc import Callable
+
+import pydmabuf
+from pydmabuf import SyncFile
 
 
 def fork(fn: Callable[[], int | None]) -> int:
@@ -42,3 +46,25 @@ def join(pid: int, timeout: float = 20.0) -> int:
 def kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     assert join(pid) == -signal.SIGKILL
+
+
+def fence_from_child(delay: float = 0.0) -> tuple[int, socket.socket, SyncFile]:
+    """(pid, socket, fence): a pending fence of a forked child's own Timeline (only
+    its maker signals a Timeline). The child signals it ``delay`` s after a byte
+    arrives on ``socket``; close the socket and join the pid when done."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def child() -> int:
+        ours.close()
+        with pydmabuf.Timeline() as tl, tl.fence(1) as fence:
+            pydmabuf.send(theirs, fence)
+            theirs.recv(1)
+            time.sleep(delay)
+            tl.signal(1)
+        return 0
+
+    pid = fork(child)
+    theirs.close()
+    [fence] = pydmabuf.recv(ours, timeout=20)
+    assert isinstance(fence, SyncFile)
+    return pid, ours, fence

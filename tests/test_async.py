@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from _procs import fork, join
+from _procs import fence_from_child, join
 from conftest import BACKEND, IN_VM, TIMELINE_MISSING, open_fds
 
 import pydmabuf
@@ -126,27 +125,12 @@ def test_many_fences_signaled_in_random_order_by_a_thread() -> None:
 def test_signaled_by_another_process() -> None:
     # Only the process that made a Timeline signals it: the child makes one, sends
     # its fence, and signals it once told to.
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-    def child() -> int:
-        ours.close()
-        with pydmabuf.Timeline() as tl, tl.fence(1) as fence:
-            pydmabuf.send(theirs, fence)
-            theirs.recv(1)
-            time.sleep(0.1)
-            tl.signal(1)
-        return 0
-
-    pid = fork(child)
-    theirs.close()
-    with ours:
-        [fence] = pydmabuf.recv(ours, timeout=20)
-        assert isinstance(fence, pydmabuf.SyncFile)
-        with fence:
-            assert not fence.signaled
-            ours.send(b"g")
-            asyncio.run(asyncio.wait_for(fence.wait_async(), 8))
-            assert fence.info().status == 1  # signaled by the child, not orphaned
+    pid, ours, fence = fence_from_child(delay=0.1)
+    with ours, fence:
+        assert not fence.signaled
+        ours.send(b"g")
+        asyncio.run(asyncio.wait_for(fence.wait_async(), 8))
+        assert fence.info().status == 1  # signaled by the child, not orphaned
     assert join(pid) == 0
 
 

@@ -31,7 +31,7 @@ import threading
 import time
 
 import pytest
-from _procs import fork, join, kill9
+from _procs import fence_from_child, fork, join, kill9
 from conftest import IN_VM, needs_timeline
 
 import pydmabuf
@@ -137,23 +137,11 @@ def test_a_forked_child_closing_its_copy_signals_nothing(timeline: pydmabuf.Time
 
 def test_a_child_signals_with_a_timeline_of_its_own() -> None:
     """What a child that should signal does instead: make a Timeline and send the fence."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-    def child() -> int:
-        with pydmabuf.Timeline() as tl, tl.fence(1) as fence:
-            pydmabuf.send(theirs, fence)
-            theirs.recv(1)
-            tl.signal(1)
-        return 0
-
-    pid = fork(child)
-    theirs.close()
-    with ours:
-        [fence] = pydmabuf.recv(ours, timeout=20)
-        with fence:
-            ours.send(b"g")
-            fence.wait(timeout=10)  # type: ignore[union-attr]
-            assert fence.info().status == 1  # type: ignore[union-attr]
+    pid, ours, fence = fence_from_child()
+    with ours, fence:
+        ours.send(b"g")
+        fence.wait(timeout=10)
+        assert fence.info().status == 1
     assert join(pid) == 0
 
 
