@@ -2,7 +2,9 @@
 
 Allocate buffers from dma-heaps or memfds (udmabuf), map them, bracket CPU access,
 and wait on fences, on real kernel fds or, where the kernel lacks the devices, on
-a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use.
+a pure-Python fallback backend. ``pydmabuf.backend`` says which one is in use, and
+``pydmabuf.compiled`` whether the hot calls run compiled C (built at install where a C
+compiler was present) or the pure-Python path (``PYDMABUF_PURE=1`` forces it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .heap import Heap, heaps
 from .info import BufferInfo, FenceInfo, SyncFileInfo
 from .pool import BufferPool, Lease
 from .syncfile import SyncFile
+from .uapi.fast import compiled as compiled
 from .udmabuf import udmabuf, udmabuf_from_memfd, udmabuf_from_ranges
 
 # typing (with re) is ~5 ms of import: this name does its job here (mypy reads it as
@@ -109,6 +112,7 @@ __all__ = [
     "backend",
     "channel",
     "check_peer",
+    "compiled",
     "cuda",
     "describe_modifier",
     "dlpack",

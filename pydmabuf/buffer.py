@@ -8,8 +8,9 @@ its buffer through a weak reference, so the buffer caches its default bracket (t
 loop ``with buf.cpu_access():`` creates no object) without a reference cycle: a dropped
 buffer is closed at once, not when the cycle collector runs. The backend hands over
 its SYNC call as plain values (``Backend.sync_call``): a callable with
-``fcntl.ioctl``'s signature and the packed START/END arguments, so the kernel's bracket
-is one ``fcntl.ioctl`` each way with no Python frame in between.
+``fcntl.ioctl``'s signature and the START/END arguments, so the kernel's bracket is one
+``fcntl.ioctl`` (pure) or one compiled ``pdb_sync`` (see :mod:`pydmabuf.uapi.fast`)
+each way, with no Python frame in between.
 """
 
 from __future__ import annotations
@@ -57,15 +58,25 @@ from .errors import (
 )
 from .info import BufferInfo
 from .syncfile import SyncFile
+from .uapi import fast as _fast
 from .uapi.fdkind import DMA_BUF_DEVS
 from .uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, cached_stat
 from .uapi.wait import deadline
+
+# typing costs import time that annotations alone don't need (mypy reads this name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 READ, WRITE, END = SYNC_READ, SYNC_WRITE, SYNC_END
 _cached_stat = cached_stat
 # st_dev of the dma-buf filesystem -> the kernel backend, filled when from_fd first
 # meets it: then the common from_fd is one statx and one dict lookup.
 _KERNEL_BY_DEV: dict[int, Backend] = {}
+# The compiled path's from_fd asks for the size only if the fd is on the last dma-buf
+# file system met ([st_dev, its backend]; -1 matches nothing): one C call in all.
+_size_on: Any = getattr(_fast.lib, "pdb_size_on", None)
+_LAST_KERNEL_DEV: list[object] = [(1 << 64) - 1, None]
 
 _new = object.__new__
 NAME_MAX = 31  # DMA_BUF_NAME_LEN minus the NUL
@@ -234,6 +245,7 @@ def _classified(fd: int, new: int, mode: int, dev: int | None, found: Backend | 
             raise
         if dev is not None and DMA_BUF_DEVS.get(dev) and found.name == "kernel":
             _KERNEL_BY_DEV[dev] = found
+            _LAST_KERNEL_DEV[:] = dev, found
     if backend is not None and get_backend(backend) is not found:
         what = "a dma-buf" if found.name == "kernel" else "a fallback memfd"
         raise invalid(f"fd {fd} is {what}, not a {get_backend(backend).name} buffer"
@@ -295,12 +307,22 @@ class Buffer(FdHolder):
                 buffer_backend(fd)  # the library's error for what fd is, if it is the cause
                 raise error(getattr(exc, "errno", None) or E.EBADF, f"dup of fd {fd}") from None
         dev: int | None
-        try:  # the common case inline: one statx shows a dma-buf file system seen before
-            mode, size, dev = _cached_stat(new)  # asks no file system's server (FUSE): see fdkind
-            found = _KERNEL_BY_DEV.get(dev) if not mode & 0o170000 else None
-        except (OSError, OverflowError):
-            dev = found = None
-            size = mode = 0
+        found: Backend | None = None
+        if _size_on is not None:  # compiled: the common case is one C call
+            kernel_dev, kernel = _LAST_KERNEL_DEV
+            try:
+                size = _size_on(new, kernel_dev)
+            except OverflowError:
+                size = -1
+            if size >= 0:
+                found, mode, dev = kernel, 0, kernel_dev  # type: ignore[assignment]
+        if found is None:
+            try:  # the common case inline: one statx shows a dma-buf file system seen before
+                mode, size, dev = _cached_stat(new)  # asks no file system's server (FUSE): see fdkind
+                found = _KERNEL_BY_DEV.get(dev) if not mode & 0o170000 else None
+            except (OSError, OverflowError):
+                dev = found = None
+                size = mode = 0
         if found is None or backend is not None:
             try:
                 found, size = _classified(fd, new, mode, dev, found, size, backend)
@@ -449,10 +471,14 @@ class Buffer(FdHolder):
             backend = self._backend
             call, request, args, unpack = backend.export_call
             try:  # the ioctl itself, no frame around it (see Backend.export_call)
-                new = unpack(call(fd, request, args[flags]))[1]
+                new: int = call(fd, request, args[flags])  # type: ignore[assignment]
+                if unpack is not None:  # pure: read the packed result
+                    new = unpack(new)[1]
             except OSError as exc:
                 if isinstance(exc, Error):
                     raise
+                new = -1
+            if new < 0:  # compiled: -1; pure: a raw OSError
                 new = backend.export_sync_file(fd, flags)  # EINTR again, or the typed error
         finally:
             hold_remove(self)  # _release, inlined on this hot path
@@ -536,9 +562,10 @@ class CpuAccess:
         call = buffer._backend.sync_call(flags)
         self._call, self._request, self._start, self._end = call
 
-    def _sync(self, buf: Buffer, flags: int, exc: OSError) -> None:
-        """After the fast call failed: a library error stands; a raw OSError goes through
-        the backend's checked call, which retries EINTR/EAGAIN and raises typed errors."""
+    def _sync(self, buf: Buffer, flags: int, exc: OSError | None) -> None:
+        """After the fast call failed: a library error stands; a raw OSError (pure) or a
+        false result (compiled, ``exc`` None) goes through the backend's checked call,
+        which retries EINTR/EAGAIN and raises typed errors."""
         if isinstance(exc, Error):
             raise exc
         buf._backend.sync(self._fd, flags)
@@ -560,14 +587,17 @@ class CpuAccess:
             release(buf)
             raise closed("Buffer")
         try:
-            self._call(self._fd, self._request, self._start)
+            done = self._call(self._fd, self._request, self._start)
         except BaseException as exc:
             self._start_failed(buf, exc)
+        else:
+            if not done:  # compiled: false on failure
+                self._start_failed(buf, None)
         return buf
 
-    def _start_failed(self, buf: Buffer, exc: BaseException) -> None:
+    def _start_failed(self, buf: Buffer, exc: BaseException | None) -> None:
         try:
-            if not isinstance(exc, OSError):
+            if exc is not None and not isinstance(exc, OSError):
                 raise exc
             self._sync(buf, self._flags, exc)
         except BaseException:
@@ -582,9 +612,13 @@ class CpuAccess:
     ) -> None:
         buf: Buffer = self._ref()  # type: ignore[assignment]  # alive: _held refers to it
         try:
-            self._call(self._fd, self._request, self._end)
-        except OSError as err:
-            self._sync(buf, self._flags | END, err)
+            try:
+                done = self._call(self._fd, self._request, self._end)
+            except OSError as err:
+                self._sync(buf, self._flags | END, err)
+            else:
+                if not done:  # compiled: false on failure
+                    self._sync(buf, self._flags | END, None)
         finally:
             hold_remove(buf)  # release(buf), inlined on the hottest path
             if buf._fd < 0:
@@ -606,9 +640,12 @@ class TimedCpuAccess(CpuAccess):
         try:
             buf._backend.wait_idle(self._fd, bool(self._flags & WRITE), self._timeout, "cpu_access")
             try:
-                self._call(self._fd, self._request, self._start)
+                done = self._call(self._fd, self._request, self._start)
             except OSError as exc:
                 self._sync(buf, self._flags, exc)
+            else:
+                if not done:  # compiled: false on failure
+                    self._sync(buf, self._flags, None)
         except BaseException:
             release(buf)
             raise

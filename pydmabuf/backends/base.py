@@ -22,7 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    ExportCall = tuple[Callable[[int, int, object], object], int, dict[int, object], Callable[[Any], tuple[int, int]]]
+    ExportCall = tuple[Callable[[int, int, object], object], int, dict[int, object],
+                       Callable[[Any], tuple[int, int]] | None]
 
 
 class TimelineSource(ABC):
@@ -54,7 +55,8 @@ class Backend(ABC):
     def sync_call(self, flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
         """The hottest call as plain values, for ``cpu_access`` brackets: a callable with
         ``fcntl.ioctl``'s signature, the request, and the START and END arguments for
-        ``flags``. A raw OSError from it is retried through ``sync``."""
+        ``flags``. It returns a true value when done; a false one (the compiled path's
+        failure) or a raw OSError is retried through ``sync``."""
 
     # --- buffers -------------------------------------------------------------------
     @abstractmethod
@@ -118,8 +120,9 @@ class Backend(ABC):
 
     # EXPORT_SYNC_FILE as plain values, like ``sync_call``, for Buffer.export_sync_file:
     # (a callable with fcntl.ioctl's signature, the request, its argument per direction
-    # flags, and unpack, which turns the call's result into (flags, new fd)). A raw
-    # OSError from the call is retried through ``export_sync_file``.
+    # flags, and unpack, which turns the call's result into (flags, new fd), or None when
+    # the result is the new fd itself (the compiled path)). A raw OSError or a negative
+    # fd from the call is retried through ``export_sync_file``.
     export_call: ExportCall
 
     @abstractmethod

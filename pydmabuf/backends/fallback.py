@@ -279,9 +279,10 @@ class FallbackBackend(Backend):
     def sync_call(self, flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
         return self._sync_as_ioctl, 0, flags, flags | _END
 
-    def _sync_as_ioctl(self, fd: int, _request: int, flags: object) -> None:
+    def _sync_as_ioctl(self, fd: int, _request: int, flags: object) -> bool:
         assert isinstance(flags, int)
         self.sync(fd, flags)
+        return True  # done (a bracket retries a false result through ``sync``)
 
     def sync(self, fd: int, flags: int) -> None:
         if flags & ~(_READ | _WRITE | _END) or not flags & (_READ | _WRITE):

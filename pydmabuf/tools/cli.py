@@ -42,6 +42,8 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     yes_no = {True: "yes", False: "no", None: "unknown"}
     print(f"backend:  {report.backend}")
+    print("path:     " + ("compiled (the hot calls in C: pydmabuf.uapi._fastops)" if report.compiled else
+                          "pure Python (no compiled path: built without a C compiler, or PYDMABUF_PURE=1)"))
     print(f"kernel:   {report.kernel} ({report.machine})")
     for heap in report.heaps:
         print(f"heap:     {heap.name}: {'usable' if heap.usable else heap.problem}")

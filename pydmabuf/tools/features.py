@@ -55,6 +55,7 @@ class Feature:
 @dataclass
 class Report:
     backend: str
+    compiled: bool  # pydmabuf.compiled: the hot calls in C (True) or pure Python
     kernel: str
     machine: str
     heaps: list[Device] = field(default_factory=list)
@@ -92,7 +93,9 @@ def probe() -> Report:
         backend = pydmabuf.backend
     except OSError as exc:  # a bad PYDMABUF_BACKEND: report it, do not die
         backend = f"unusable ({exc})"
-    report = Report(backend=backend, kernel=platform.release(), machine=platform.machine())
+    from ..uapi.fast import compiled
+
+    report = Report(backend=backend, compiled=compiled, kernel=platform.release(), machine=platform.machine())
     names = sorted(os.listdir(HEAP_DIR)) if os.path.isdir(HEAP_DIR) else []
     report.heaps = [_device(n, os.path.join(HEAP_DIR, n), os.O_RDONLY, HEAP_PERMISSION_HINT)
                     for n in names]

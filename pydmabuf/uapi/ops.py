@@ -1,9 +1,10 @@
 """The ops layer: one free function per kernel operation, on plain int fds.
 
-Each function issues the ioctl (the hot ones through ``fcntl.ioctl`` with packed
-structs, the cheapest call CPython has; the rest through cffi), retries EINTR (and EAGAIN where the
-kernel uses it for "try again"), and turns a failure into a :mod:`pydmabuf.errors`
-exception carrying errno. Nothing here owns an fd or knows about backends; hints
+Each function issues the ioctl (the hot ones through the compiled path's C functions
+where it was built, :mod:`pydmabuf.uapi.fast`, else through ``fcntl.ioctl`` with packed
+structs, the cheapest call pure CPython has; the rest through cffi), retries EINTR (and
+EAGAIN where the kernel uses it for "try again"), and turns a failure into a
+:mod:`pydmabuf.errors` exception carrying errno. Nothing here owns an fd or knows about backends; hints
 that need context (which heap, which device) are added by the caller through
 ``hints``.
 """
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from ..errors import ENOTTY_HINTS, error
+from . import fast as _fast
 from . import ffi as _ffi
 from .ffi import ffi, lib
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 Hints = dict[int, str]
 _ioctl = lib.ioctl
+_flib = _fast.lib  # the compiled path's functions, or None (pure)
 _RETRY = (E.EINTR, E.EAGAIN)
 
 
@@ -91,12 +94,17 @@ SYNC_READ, SYNC_WRITE, SYNC_END = lib.DMA_BUF_SYNC_READ, lib.DMA_BUF_SYNC_WRITE,
 _SYNC_ARGS = {flags: SYNC_ARG.pack(flags) for flags in range(1, 8) if flags & 3}
 
 
-def dma_buf_sync_call(flags: int) -> tuple[Callable[[int, int, object], object], int, bytes, bytes]:
-    """SYNC START and END for ``flags`` as (fcntl.ioctl, request, start, end): what a
-    CPU-access bracket calls directly, with no Python frame around the ioctl."""
+def dma_buf_sync_call(flags: int) -> tuple[Callable[[int, int, object], object], int, object, object]:
+    """SYNC START and END for ``flags`` as (call, request, start, end): what a
+    CPU-access bracket calls directly, with no Python frame around the ioctl. The call
+    is ``fcntl.ioctl`` with packed arguments (pure) or the compiled ``pdb_sync`` with
+    the flags; either returns a true value on success. A false one (compiled) or a raw
+    OSError (pure) is retried through ``dma_buf_sync``, which raises the typed error."""
     start, end = _SYNC_ARGS.get(flags), _SYNC_ARGS.get(flags | 4)
     if start is None or end is None or flags & 4:
         raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
+    if _flib is not None:
+        return _flib.pdb_sync, _SYNC, flags, flags | 4
     return _ioctl_call, _SYNC, start, end
 
 
@@ -107,6 +115,10 @@ def dma_buf_sync(fd: int, flags: int) -> None:
     arg = _SYNC_ARGS.get(flags)
     if arg is None:
         raise error(E.EINVAL, f"DMA_BUF_IOCTL_SYNC flags {flags:#x}")
+    if _flib is not None:  # retries EINTR/EAGAIN itself
+        if not _flib.pdb_sync(fd, _SYNC, flags):
+            raise fail("DMA_BUF_IOCTL_SYNC", code=_fast.ffi.errno)
+        return
     while True:
         try:
             _fioctl(fd, _SYNC, arg)
@@ -127,10 +139,14 @@ _unpack_export = EXPORT_ARG.unpack
 
 
 def dma_buf_export_sync_file_call() -> tuple[Callable[[int, int, object], object], int, dict[int, object],
-                                              Callable[[Any], tuple[int, int]]]:
-    """EXPORT_SYNC_FILE as (fcntl.ioctl, request, packed argument per flags, unpack to
-    (flags, fd)): what Buffer.export_sync_file calls with no Python frame around the
-    ioctl. A raw OSError from it is retried through ``dma_buf_export_sync_file``."""
+                                              Callable[[Any], tuple[int, int]] | None]:
+    """EXPORT_SYNC_FILE as (call, request, argument per flags, unpack to (flags, fd) or
+    None): what Buffer.export_sync_file calls with no Python frame around the ioctl.
+    Pure: ``fcntl.ioctl`` with packed arguments, whose result ``unpack`` reads. Compiled:
+    ``pdb_export_sync_file`` with the flags, which returns the new fd itself (unpack
+    None), or -1. A raw OSError or -1 is retried through ``dma_buf_export_sync_file``."""
+    if _flib is not None:
+        return _flib.pdb_export_sync_file, _EXPORT, {flags: flags for flags in _EXPORT_ARGS}, None
     return _ioctl_call, _EXPORT, dict(_EXPORT_ARGS), _unpack_export
 
 
@@ -138,6 +154,11 @@ def dma_buf_export_sync_file(fd: int, flags: int) -> int:
     arg = _EXPORT_ARGS.get(flags)
     if arg is None:
         raise error(E.EINVAL, f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE flags {flags:#x}")
+    if _flib is not None:  # retries EINTR/EAGAIN itself
+        new: int = _flib.pdb_export_sync_file(fd, _EXPORT, flags)
+        if new < 0:
+            raise fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", code=_fast.ffi.errno)
+        return new
     while True:
         try:
             return _unpack_export(_fioctl(fd, _EXPORT, arg))[1]  # type: ignore[no-any-return]
@@ -160,7 +181,17 @@ _unpack_alloc = ALLOC_ARG.unpack
 def heap_allocator(fd_flags: int, hints: Hints | None = None, heap_flags: int = 0) -> Callable[[int, int], int]:
     """DMA_HEAP_IOCTL_ALLOC with its flags and hints bound: ``alloc(heap_fd, length)``
     returns the new buffer fd. A Heap binds it once, so an allocation is this one
-    Python frame around the ioctl."""
+    Python frame around the ioctl (the compiled one where built)."""
+    if _flib is not None and heap_flags == 0:
+        call = _flib.pdb_heap_alloc
+
+        def alloc_compiled(heap_fd: int, length: int) -> int:
+            fd: int = call(heap_fd, _ALLOC, length, fd_flags)  # retries EINTR/EAGAIN itself
+            if fd < 0:
+                raise fail("DMA_HEAP_IOCTL_ALLOC", hints, _fast.ffi.errno)
+            return fd
+
+        return alloc_compiled
 
     def alloc(heap_fd: int, length: int) -> int:
         # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
@@ -202,7 +233,17 @@ _pack_udmabuf = UDMABUF_ARG.pack
 def udmabuf_creator(dev_fd: int, flags: int, hints: Hints | None = None) -> Callable[[int, int, int], int]:
     """UDMABUF_CREATE (one range, the common case) on ``/dev/udmabuf`` fd ``dev_fd``
     with its flags and hints bound: ``create(memfd, offset, size)`` returns the new
-    dma-buf fd, in one Python frame around the ioctl."""
+    dma-buf fd, in one Python frame around the ioctl (the compiled one where built)."""
+    if _flib is not None:
+        call = _flib.pdb_udmabuf_create
+
+        def create_compiled(memfd: int, offset: int, size: int) -> int:
+            fd: int = call(dev_fd, _UDMABUF_CREATE, memfd, flags, offset, size)  # retries EINTR/EAGAIN
+            if fd < 0:
+                raise fail("UDMABUF_CREATE", hints, _fast.ffi.errno)
+            return fd
+
+        return create_compiled
 
     def create(memfd: int, offset: int, size: int) -> int:
         # A mutable buffer: then fcntl.ioctl returns the ioctl's result, the new fd.
@@ -368,7 +409,7 @@ def _statx_buffer() -> tuple[bytearray, object]:
     return found
 
 
-def cached_stat(fd: int, _statx: Callable[[int, object, int, int, object], int] = _statx,
+def _cached_stat_pure(fd: int, _statx: Callable[[int, object, int, int, object], int] = _statx,
                 _tls: threading.local = _tls, _unpack: Callable[[bytearray], tuple[int, ...]] = _STATX.unpack_from,
                 _makedev: Callable[[int, int], int] = os.makedev) -> tuple[int, int, int]:
     """(st_mode, st_size, st_dev) of ``fd`` as the kernel has them cached: one statx
@@ -386,6 +427,25 @@ def cached_stat(fd: int, _statx: Callable[[int, object, int, int, object], int] 
         raise OSError(code, os.strerror(code))
     mode, size, major, minor = _unpack(buf)
     return mode, size, _makedev(major, minor)
+
+
+_pdb_cached_stat: Any = getattr(_flib, "pdb_cached_stat", None)
+
+
+def _cached_stat_compiled(fd: int, _stat: Any = _pdb_cached_stat, _tls: threading.local = _tls) -> tuple[int, int, int]:
+    # The compiled path's statx: the same call, in C, into this thread's three int64s.
+    try:
+        out = _tls.stat3
+    except AttributeError:
+        out = _tls.stat3 = _fast.ffi.new("int64_t[3]")
+    if _stat(fd, out) < 0:  # a negative fd: EBADF from the C side
+        code = _fast.ffi.errno
+        raise OSError(code, os.strerror(code))
+    return out[0], out[1], out[2]
+
+
+cached_stat = _cached_stat_pure if _flib is None else _cached_stat_compiled
+cached_stat.__doc__ = _cached_stat_pure.__doc__
 
 
 _STATX_ID = struct.Struct("=32xQ96xII")  # stx_ino at 32, stx_dev_major/minor at 136/140
