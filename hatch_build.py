@@ -1,7 +1,7 @@
 """The wheel's optional compiled path (hatchling build hook).
 
-With a working C compiler, the wheel gets ``pydmabuf.uapi._fastops`` (cffi API mode,
-``tools/build_fastops.py``) and becomes platform-specific; without one, or with
+With a working C compiler, the wheel gets ``pydmabuf.uapi._fastops`` (cffi API mode)
+and ``pydmabuf._fdcore`` (``tools/build_fastops.py``) and becomes platform-specific; without one, or with
 ``PYDMABUF_PURE=1`` set, the build prints why and the wheel stays pure Python,
 which runs everywhere with the same behaviour. An editable install builds the
 module into the source tree, where the package imports it from.
@@ -34,15 +34,16 @@ class CompiledPathHook(BuildHookInterface):  # type: ignore[misc]
         sys.modules[spec.name] = tool
         spec.loader.exec_module(tool)
         editable = version == "editable"
-        out = root / "pydmabuf" / "uapi" if editable else Path(self.directory) / "fastops-build"
+        base = root if editable else Path(self.directory) / "compiled-build"
         try:
-            built = tool.build(out)
+            built = tool.build(base / "pydmabuf" / "uapi")
         except Exception as exc:  # no compiler, no headers: the pure path it is
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.app.display_warning(f"pydmabuf: no compiled path ({first}); the pure-Python path will run")
             return
-        self.app.display_info(f"pydmabuf: compiled path built: {built.name}")
+        self.app.display_info(f"pydmabuf: compiled path built: {', '.join(path.name for path in built)}")
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         if not editable:
-            build_data["force_include"][str(built)] = f"pydmabuf/uapi/{built.name}"
+            for path in built:
+                build_data["force_include"][str(path)] = path.relative_to(base).as_posix()

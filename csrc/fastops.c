@@ -17,7 +17,6 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -70,15 +69,6 @@ static int pdb_udmabuf_create(int dev, unsigned long request, int memfd, uint32_
     int r;
     RETRY(ioctl(dev, request, &arg));
     return r;
-}
-
-/* poll(2) of one fd without waiting: its revents (0: not ready), or -1 (errno set). */
-static int pdb_poll_now(int fd, int events)
-{
-    struct pollfd p = { .fd = fd, .events = (short)events, .revents = 0 };
-    int r;
-    RETRY(poll(&p, 1, 0));
-    return r < 0 ? -1 : p.revents;
 }
 
 /* statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC): what the kernel has cached, so no

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from .errors import closed, error, invalid
+from .uapi import fast as _fast
 from .uapi.ops import dup_cloexec
 
 # typing (with re) is ~5 ms of import that annotations alone don't need: the names it
@@ -101,8 +102,20 @@ def finish(holder: FdHolder) -> None:
     os.close(fd)
 
 
-class FdHolder:
-    __slots__ = ("_fd", "_cell", "__weakref__")
+# The compiled path's base type (csrc/fdcore.c) does close(), fileno(), closed and the
+# finalizer in C, by this module's protocol and on its state (setup() below); the pure
+# versions here are the reference, and run where it was not built.
+if TYPE_CHECKING:
+    _Base = object
+else:
+    _Base = object if _fast.FdBase is None else _fast.FdBase
+
+
+class FdHolder(_Base):
+    # The C base has the fd, the cell and weak references as its own fields.
+    __slots__ = ("_fd", "_cell", "__weakref__") if _fast.FdBase is None else ()
+    _fd: int
+    _cell: list[int]
     _kind = "fd"
 
     def __init__(self, fd: int) -> None:
@@ -209,6 +222,20 @@ class FdHolder:
             os.close(cell.pop())
         except Exception:
             pass
+
+
+def _close_detaching(holder: FdHolder) -> None:
+    """close() of an object that detach() in another thread is deciding on: wait for the
+    decision, then close (the C base's close() calls this, as the pure one does inline)."""
+    with _detach_lock:
+        pass
+    holder.close()
+
+
+if _fast.FdBase is not None:
+    for _name in ("close", "fileno", "closed", "__del__"):  # the C base's own run
+        delattr(FdHolder, _name)
+    del _name
 
 
 def add_close_hook(holder: FdHolder, hook: Callable[[], None]) -> None:
@@ -384,3 +411,8 @@ def unpickled_fd(dupfd: DupFdLike) -> int:
     fd = dupfd.detach()
     os.set_inheritable(fd, False)
     return fd
+
+
+
+if _fast.FdBase is not None:  # the C base works on this module's state
+    _fast.fdcore_setup(_held, _close_hooks, _run_close_hooks, _close_detaching, closed)

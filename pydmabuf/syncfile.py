@@ -26,15 +26,9 @@ from .info import FenceInfo, SyncFileInfo
 from .uapi import fast as _fast
 from .uapi import wait as _wait
 
-# typing costs import time that annotations alone don't need (mypy reads this name).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 _new = object.__new__
 _ready = _wait.ready
 _POLLIN = _wait.POLLIN
-_poll_now: Any = getattr(_fast.lib, "pdb_poll_now", None)  # the compiled path's poll, or None
 
 
 def _rebuild_sync_file(dupfd: DupFdLike, backend: str) -> SyncFile:
@@ -140,17 +134,8 @@ class SyncFile(FdHolder):
             raise closed("SyncFile")
         return ready != []  # cheaper than bool(): no global lookup
 
-    def _signaled_compiled(self) -> bool:
-        """True once the fence has signaled (never blocks)."""
-        # The same poll in one C call (no poll set to keep); the same no-hold reasoning.
-        revents: int = _poll_now(self._fd, _POLLIN)  # a closed object's -1 is never ready
-        if self._fd < 0:
-            raise closed("SyncFile")
-        if revents < 0:  # poll itself failed (ENOMEM): ask again the pure way
-            return _ready(self.fileno(), _POLLIN)
-        return revents != 0
-
-    signaled = property(_signaled_pure if _poll_now is None else _signaled_compiled)
+    # The compiled path's base type does the same poll in C (no poll set to keep).
+    signaled = property(_signaled_pure) if _fast.readable is None else _fast.readable
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until signaled; raise TimeoutError after ``timeout`` seconds.

@@ -1,4 +1,4 @@
-"""The optional compiled path (``pydmabuf.uapi._fastops``, csrc/fastops.c) and the pure
+"""The optional compiled path (``pydmabuf.uapi._fastops`` and ``_fdcore``, csrc/) and the pure
 path behave the same: this suite runs compiled where the module was built, and
 ``test_suite_on_the_pure_path`` reruns it with ``PYDMABUF_PURE=1`` (the whole host
 suite natively; in the real-kernel VM, the modules whose calls the compiled path
@@ -64,6 +64,27 @@ def test_built_module_matches_its_source() -> None:
     tool = _build_tool()
     built = fast.ffi.string(fast.lib.pdb_source_hash()).decode()
     assert built == tool.source_hash(), "stale pydmabuf/uapi/_fastops: rerun python tools/build_fastops.py"  # type: ignore[attr-defined]
+    from pydmabuf.uapi import _fdcore
+
+    assert tool.fdcore_hash() == _fdcore.SOURCE_HASH, "stale pydmabuf/uapi/_fdcore: rerun python tools/build_fastops.py"  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not fast.compiled, reason="pure install: no compiled base type")
+def test_fd_holders_stand_on_the_compiled_base() -> None:
+    import weakref
+
+    from pydmabuf._fd import FdHolder
+
+    assert FdHolder.__mro__[1] is fast.FdBase
+    assert "close" not in vars(FdHolder) and "__del__" not in vars(FdHolder)  # the C base's own run
+    buf = pydmabuf.Heap("system").allocate(4096)
+    ref = weakref.ref(buf)
+    fd = buf.fileno()
+    assert not buf.closed and vars(pydmabuf.SyncFile)["signaled"] is fast.readable
+    del buf  # the C finalizer closes the number
+    assert ref() is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 @pytest.mark.skipif(not fast.compiled, reason="pure install: no compiled module")
@@ -78,7 +99,6 @@ def test_compiled_calls_fail_with_errno_not_exceptions() -> None:
     assert lib.pdb_cached_stat(-1, out) == -1 and ffi.errno == 9
     assert lib.pdb_cached_stat(-100, out) == -1  # AT_FDCWD is refused, not the working directory
     assert lib.pdb_size_on(-1, 0) == -1
-    assert lib.pdb_poll_now(-1, 1) == 0  # poll ignores negative fds: never ready
 
 
 @pytest.mark.skipif(not fast.compiled, reason="pure install: no compiled module")

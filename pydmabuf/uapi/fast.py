@@ -1,10 +1,16 @@
-"""The optional compiled path: ``lib`` is ``pydmabuf.uapi._fastops`` when it was built
-at install (a C compiler was present; see ``csrc/fastops.c``) and ``PYDMABUF_PURE`` is
-not set, else None and the pure path (fcntl.ioctl with packed structs) runs.
+"""The optional compiled path, built at install where a C compiler was present
+(``tools/build_fastops.py``) and used unless ``PYDMABUF_PURE`` is set:
 
-Only the leaf calls differ: the ops layer and the hot paths choose between the C
-function and the pure call once, at import, and everything above them is the same
-code either way, so the one test suite checks both (CI runs it both ways).
+- ``lib`` (and its ``ffi``): ``pydmabuf.uapi._fastops``, the hot ioctls and syscalls as
+  C functions (``csrc/fastops.c``), else None: the ops layer's pure calls (fcntl.ioctl
+  with packed structs) run;
+- ``FdBase``: ``pydmabuf.uapi._fdcore.FdBase``, the fd-owning base type with close,
+  fileno, closed, the finalizer and the POLLIN check in C (``csrc/fdcore.c``), else
+  None: ``pydmabuf._fd.FdHolder`` is pure Python.
+
+Both or neither: ``compiled`` says which. Only these leaves differ: the modules above
+choose once, at import, and run the same code either way, so the one test suite
+checks both paths (CI runs it both ways).
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _load() -> tuple[Any, Any]:
+def _load() -> tuple[Any, Any, Any, Any]:
     if os.environ.get("PYDMABUF_PURE"):
-        return None, None
+        return None, None, None, None
     try:
         from ._fastops import ffi as built_ffi  # built at install where a C compiler was present
         from ._fastops import lib as built_lib
+        from ._fdcore import FdBase as built_base
+        from ._fdcore import setup as built_setup
     except ImportError:  # not built, or built for another Python
-        return None, None
-    return built_lib, built_ffi
+        return None, None, None, None
+    return built_lib, built_ffi, built_base, built_setup
 
 
-lib, ffi = _load()
+# fdcore_setup: hands pydmabuf._fd's shared state to FdBase (pydmabuf._fd calls it).
+lib, ffi, FdBase, fdcore_setup = _load()
+# FdBase's non-blocking POLLIN check, a getter in C: SyncFile.signaled on this path.
+readable: Any = None if FdBase is None else vars(FdBase)["_readable"]
 compiled: bool = lib is not None
