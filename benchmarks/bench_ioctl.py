@@ -15,11 +15,12 @@ close() and a finalizer, a ``with`` bracket, a property. "thin/best" is what mer
 being an object API costs; "pure/thin" is what pydmabuf's pure path adds on top (thread
 holds, argument checks, both backends, typed errors).
 
-pydmabuf runs twice: "compiled" in this process (its compiled path, when built) and
-"pure" in a helper process started with ``PYDMABUF_PURE=1``, which times each
-operation when asked, in turn with the others, so both paths take part in the same
-interleaved rounds. "comp/best" is the compiled path against the cheapest
-hand-written Python (the goal: at most 1.0).
+pydmabuf runs twice in one command: "compiled" in this process (its compiled path,
+when built) and "pure" in a process started with ``PYDMABUF_PURE=1`` (the path is
+chosen at import). Each process times its own hand-written baselines and thin object
+in the same interleaved rounds as its pydmabuf, and each ratio is taken within one
+process, so the two processes' drift does not leak into it. "comp/best" is the
+compiled path against the cheapest hand-written Python (the goal: at most 1.0).
 
 Needs a real dma-heap. On a machine without one, run it in the real-kernel VM:
     python benchmarks/bench_ioctl.py --vm
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import select
 import shutil
@@ -306,43 +308,29 @@ def library(heap: object, buf: object, memfd: int) -> dict[str, Callable[[int], 
             "signaled": lib_signaled, "from_fd": lib_from_fd, "udmabuf_from_memfd": lib_udmabuf}
 
 
-def serve_library(n_default: int) -> int:
-    """The pure-path helper: build the library's variants here, then answer each line
-    ``OP N`` on stdin with the ns per operation of N iterations."""
+def measure(n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """op -> variant -> best ns per operation, in this process, on its path."""
     import pydmabuf
 
-    assert not pydmabuf.compiled, "the helper runs with PYDMABUF_PURE=1"
     with pydmabuf.Heap("system", backend="kernel") as heap, heap.allocate(4096) as buf:
-        memfd = os.memfd_create("bench", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-        os.ftruncate(memfd, 4096)
-        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        baselines, floors, memfd = python_baselines(heap.fileno(), buf.fileno())
         ours = library(heap, buf, memfd)
-        print("ready", flush=True)
-        for line in sys.stdin:
-            op, n = line.split()
-            print(best_ns(ours[op], int(n), repeat=1), flush=True)
-    return 0
+        results: dict[str, dict[str, float]] = {}
+        for op, fns in baselines.items():
+            variants = {**fns, "thin": floors[op], "pydmabuf": ours[op]}
+            best = {name: float("inf") for name in variants}
+            for _ in range(rounds):  # take turns: drift and noise hit every variant
+                for name, fn in variants.items():
+                    best[name] = min(best[name], best_ns(fn, n, repeat=1))
+            results[op] = best
+    return results
 
 
-class PureHelper:
-    """The pure-path process: ``timer(op)`` is a variant that it times."""
-
-    def __init__(self) -> None:
-        env = {**os.environ, "PYDMABUF_PURE": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--serve-library"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-
-    def time(self, op: str, n: int) -> float:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{op} {n}\n")
-        self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+def measure_pure(n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """``measure`` in a process started with PYDMABUF_PURE=1 (the path is chosen at import)."""
+    out = subprocess.run([sys.executable, str(Path(__file__)), "-n", str(n), "--rounds", str(rounds), "--json"],
+                         env={**os.environ, "PYDMABUF_PURE": "1"}, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def main() -> int:
@@ -350,15 +338,15 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20000, help="iterations per timing")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per operation")
     parser.add_argument("--vm", action="store_true", help="run inside the real-kernel VM")
-    parser.add_argument("--serve-library", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="measure this process's path only, as JSON")
     args = parser.parse_args()
-    if args.serve_library:
-        return serve_library(args.n)
     if args.vm:
         from pydmabuf import vm
 
         result = vm.run([sys.executable, str(Path(__file__)), "-n", str(args.n), "--rounds", str(args.rounds)],
-                        env={"PYDMABUF_BACKEND": "kernel"}, stream=sys.stdout)
+                        env={"PYDMABUF_BACKEND": "kernel",  # and the host's choice of path
+                             **{k: v for k, v in os.environ.items() if k == "PYDMABUF_PURE"}},
+                        stream=sys.stdout)
         return result.returncode
     if not os.path.exists(HEAP):
         print(f"{HEAP} not found: run with --vm to benchmark on a real kernel", file=sys.stderr)
@@ -366,46 +354,40 @@ def main() -> int:
 
     import pydmabuf
 
+    if args.json:
+        print(json.dumps(measure(args.n, args.rounds)))
+        return 0
     compiled = pydmabuf.compiled
-    helper = PureHelper() if compiled else None  # a pure install: this process is the pure path
-    with pydmabuf.Heap("system", backend="kernel") as heap, heap.allocate(4096) as buf:
-        baselines, floors, memfd = python_baselines(heap.fileno(), buf.fileno())
-        ours = library(heap, buf, memfd)
-        c = c_baseline(args.n)
-        print(f"kernel {os.uname().release}; best of {args.rounds} interleaved rounds x {args.n} "
-              f"iterations; ns per operation; compiled path {'built' if compiled else 'not built: no compiled column'}")
-        print(f"{'operation':20} {'C':>8} {'fcntl':>8} {'cffi':>8} {'thin obj':>9} {'pure':>8} {'compiled':>9} "
-              f"{'thin/best':>9} {'pure/thin':>9} {'pure/best':>9} {'comp/best':>9} {'comp/C':>6}")
-        worst = worst_thin = 0.0
-        for op, fns in baselines.items():
-            timers: dict[str, Callable[[int], float]] = {
-                name: (lambda n, fn=fn: best_ns(fn, n, repeat=1))  # type: ignore[misc]
-                for name, fn in {**fns, "thin object": floors[op]}.items()}
-            if helper is not None:
-                timers["pure"] = lambda n, op=op: helper.time(op, n)  # type: ignore[misc]
-                timers["compiled"] = lambda n, fn=ours[op]: best_ns(fn, n, repeat=1)  # type: ignore[misc]
-            else:
-                timers["pure"] = lambda n, fn=ours[op]: best_ns(fn, n, repeat=1)  # type: ignore[misc]
-            best = {name: float("inf") for name in timers}
-            for _ in range(args.rounds):  # take turns: drift and noise hit every variant
-                for name, timer in timers.items():
-                    best[name] = min(best[name], timer(args.n))
-            pure = best.pop("pure")
-            comp = best.pop("compiled", float("nan"))
-            thin = best.pop("thin object")
-            cheapest = min(best.values())
-            c_ns = c.get(op, float("nan"))
-            cffi_ns = best.get("bare cffi", float("nan"))
-            print(f"{op:20} {c_ns:8.0f} {best['fcntl+struct']:8.0f} {cffi_ns:8.0f} {thin:9.0f} {pure:8.0f} "
-                  f"{comp:9.0f} {thin / cheapest:8.2f}x {pure / thin:8.2f}x {pure / cheapest:8.2f}x "
-                  f"{comp / cheapest:8.2f}x {comp / c_ns:5.2f}x")
-            worst = max(worst, comp / cheapest if compiled else pure / cheapest)
-            worst_thin = max(worst_thin, pure / thin)
-        print(f"worst {'compiled' if compiled else 'pure'} path against the cheapest hand-written Python: "
-              f"{worst:.2f}x (goal: 1.00x); worst pure path against the thin object API: {worst_thin:.2f}x "
-              "(goal: 1.10x)")
-    if helper is not None:
-        helper.close()
+    # Each path in its own process, whose ratios are taken against that process's own
+    # hand-written baselines (one boot, one command): the pure one first.
+    pure = measure_pure(args.n, args.rounds) if compiled else None
+    mine = measure(args.n, args.rounds)
+    if pure is None:
+        pure, mine = mine, {}
+    c = c_baseline(args.n)
+    print(f"kernel {os.uname().release}; best of {args.rounds} interleaved rounds x {args.n} iterations; "
+          f"ns per operation; compiled path {'built' if compiled else 'not built: no compiled column'}")
+    print("ratios: against the same process's cheapest hand-written Python (best) and thin object API")
+    print(f"{'operation':20} {'C':>8} {'fcntl':>8} {'cffi':>8} {'thin obj':>9} {'pure':>8} {'compiled':>9} "
+          f"{'thin/best':>9} {'pure/thin':>9} {'pure/best':>9} {'comp/best':>9} {'comp/C':>6}")
+    worst = worst_thin = 0.0
+    for op, p in pure.items():
+        m = mine.get(op, p)  # the baselines of the compiled process where there is one
+        hand = {k: v for k, v in m.items() if k not in ("thin", "pydmabuf")}
+        cheapest = min(hand.values())
+        pure_best = min(v for k, v in p.items() if k not in ("thin", "pydmabuf"))
+        comp = m["pydmabuf"] if mine else float("nan")
+        c_ns = c.get(op, float("nan"))
+        print(f"{op:20} {c_ns:8.0f} {hand['fcntl+struct']:8.0f} {hand.get('bare cffi', float('nan')):8.0f} "
+              f"{m['thin']:9.0f} {p['pydmabuf']:8.0f} {comp:9.0f} {m['thin'] / cheapest:8.2f}x "
+              f"{p['pydmabuf'] / p['thin']:8.2f}x {p['pydmabuf'] / pure_best:8.2f}x {comp / cheapest:8.2f}x "
+              f"{comp / c_ns:5.2f}x")
+        if mine:
+            worst = max(worst, comp / cheapest)
+        worst_thin = max(worst_thin, p["pydmabuf"] / p["thin"])
+    if mine:
+        print(f"worst compiled path against the cheapest hand-written Python: {worst:.2f}x (goal: 1.00x)")
+    print(f"worst pure path against the thin object API: {worst_thin:.2f}x (goal: 1.10x)")
     return 0
 
 

@@ -18,11 +18,11 @@ Columns: "hand" is hand-written fcntl/os code; "thin obj" runs the same stand-in
 behind the thinnest API Python allows (a ``with`` bracket, a method returning a
 three-line fd-owning object, a property); "pure" is pydmabuf's pure path and
 "compiled" its compiled path (``pydmabuf.compiled``, when built) in this process, and
-"pure" the pure path in a helper process started with ``PYDMABUF_PURE=1``, which times
-each operation when asked, in turn with the others, so both paths take part in the
-same interleaved rounds. Both point the kernel backend's leaf calls at the
-stand-ins. The ratios: pure/thin (what pydmabuf adds to the floor of an object API)
-and compiled/hand (the goal: at most 1.0).
+"pure" the pure path in a process started with ``PYDMABUF_PURE=1`` (the path is chosen
+at import). Each process times its own hand-written and thin variants in the same
+interleaved rounds as its pydmabuf, and each ratio is taken within one process. Both
+point the kernel backend's leaf calls at the stand-ins. The ratios: pure/thin (what
+pydmabuf adds to the floor of an object API) and compiled/hand (the goal: at most 1.0).
 
     python benchmarks/bench_overhead.py [-n 200000] [--rounds 7]
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import select
 import subprocess
@@ -106,48 +107,43 @@ def stand_ins() -> tuple[int, int, int, int]:
             os.open("/proc/self/ns/uts", os.O_RDONLY | os.O_CLOEXEC))
 
 
-def serve_library() -> int:
-    """The pure-path helper: answer each line ``OP N`` on stdin with ns per operation."""
-    assert not pydmabuf.compiled, "the helper runs with PYDMABUF_PURE=1"
-    stand_in, pipe_r, _pipe_w, ns = stand_ins()
-    ours = library(stand_in, pipe_r, ns)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        op, n = line.split()
-        print(best_ns(ours[op], int(n)), flush=True)
-    return 0
-
-
-def pure_helper() -> Callable[[str, int], float]:
-    """Start the pure-path helper; a function that has it time ``op`` for n iterations."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--serve-library"],
-                            env={**os.environ, "PYDMABUF_PURE": "1"}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-    assert stdout.readline().strip() == "ready"
-
-    def time_op(op: str, n: int) -> float:
-        stdin.write(f"{op} {n}\n")
-        stdin.flush()
-        return float(stdout.readline())
-
-    return time_op
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--serve-library", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="measure this process's path only, as JSON")
     args = parser.parse_args()
-    if args.serve_library:
-        return serve_library()
-
+    if args.json:
+        print(json.dumps(measure(args.n, args.rounds)))
+        return 0
     compiled = pydmabuf.compiled
+    # Each path in its own process (the path is chosen at import), whose ratios are
+    # taken against that process's own baselines: the pure one first.
+    pure = json.loads(subprocess.run(
+        [sys.executable, str(Path(__file__)), "-n", str(args.n), "--rounds", str(args.rounds), "--json"],
+        env={**os.environ, "PYDMABUF_PURE": "1"}, check=True, capture_output=True, text=True).stdout) \
+        if compiled else None
+    mine = measure(args.n, args.rounds)
+    if pure is None:
+        pure, mine = mine, {}
+    print(f"Python {sys.version.split()[0]}, {os.uname().machine}; best of {args.rounds} interleaved rounds "
+          f"x {args.n}; ns per operation (stand-in syscalls, see the docstring); "
+          f"compiled path {'built' if compiled else 'not built (pure install): no compiled column'}")
+    print(f"{'operation':18} {'hand':>8} {'thin obj':>9} {'pure':>8} {'compiled':>9} "
+          f"{'thin/hand':>9} {'pure/thin':>9} {'pure/hand':>9} {'comp/hand':>9}")
+    for op, p in pure.items():
+        m = mine.get(op, p)  # the compiled process's baselines where there is one
+        comp = m["pydmabuf"] if mine else float("nan")
+        print(f"{op:18} {m['hand']:8.0f} {m['thin']:9.0f} {p['pydmabuf']:8.0f} {comp:9.0f} "
+              f"{m['thin'] / m['hand']:8.2f}x {p['pydmabuf'] / p['thin']:8.2f}x {p['pydmabuf'] / p['hand']:8.2f}x "
+              f"{comp / m['hand']:8.2f}x")
+    return 0
+
+
+def measure(n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """op -> hand/thin/pydmabuf -> best ns per operation, in this process, on its path."""
     stand_in, pipe_r, pipe_w, ns = stand_ins()
     ours = library(stand_in, pipe_r, ns)
-    pure_time = pure_helper() if compiled else None
     arg4 = bytes(4)
     ioctl, close, dup, fstat = fcntl.ioctl, os.close, os.dup, os.fstat
     poller = select.poll()
@@ -221,32 +217,17 @@ def main() -> int:
             "from_fd": hand_from_fd}
     thins = {"cpu_access": thin_sync, "export_sync_file": thin_export, "signaled": thin_signaled,
              "from_fd": thin_from_fd}
-    print(f"Python {sys.version.split()[0]}, {os.uname().machine}; best of {args.rounds} interleaved rounds "
-          f"x {args.n}; ns per operation (stand-in syscalls, see the docstring); "
-          f"compiled path {'built' if compiled else 'not built (pure install): no compiled column'}")
-    print(f"{'operation':18} {'hand':>8} {'thin obj':>9} {'pure':>8} {'compiled':>9} "
-          f"{'thin/hand':>9} {'pure/thin':>9} {'pure/hand':>9} {'comp/hand':>9}")
+    results: dict[str, dict[str, float]] = {}
     for op in hand:
-        timers: dict[str, Callable[[int], float]] = {
-            "hand": lambda n, fn=hand[op]: best_ns(fn, n),  # type: ignore[misc]
-            "thin": lambda n, fn=thins[op]: best_ns(fn, n),  # type: ignore[misc]
-        }
-        if pure_time is not None:
-            timers["pure"] = lambda n, op=op: pure_time(op, n)  # type: ignore[misc]
-            timers["compiled"] = lambda n, fn=ours[op]: best_ns(fn, n)  # type: ignore[misc]
-        else:
-            timers["pure"] = lambda n, fn=ours[op]: best_ns(fn, n)  # type: ignore[misc]
-        best = {name: float("inf") for name in timers}
-        for _ in range(args.rounds):
-            for name, timer in timers.items():
-                best[name] = min(best[name], timer(args.n))
-        hand_ns, thin_ns, pure_ns = best["hand"], best["thin"], best["pure"]
-        comp_ns = best.get("compiled", float("nan"))
-        print(f"{op:18} {hand_ns:8.0f} {thin_ns:9.0f} {pure_ns:8.0f} {comp_ns:9.0f} {thin_ns / hand_ns:8.2f}x "
-              f"{pure_ns / thin_ns:8.2f}x {pure_ns / hand_ns:8.2f}x {comp_ns / hand_ns:8.2f}x")
+        variants = {"hand": hand[op], "thin": thins[op], "pydmabuf": ours[op]}
+        best = {name: float("inf") for name in variants}
+        for _ in range(rounds):  # take turns: drift and noise hit every variant
+            for name, fn in variants.items():
+                best[name] = min(best[name], best_ns(fn, n))
+        results[op] = best
     for fd in (stand_in, pipe_r, pipe_w, ns):
         os.close(fd)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

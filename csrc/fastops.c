@@ -52,8 +52,10 @@ static int pdb_export_sync_file(int fd, unsigned long request, uint32_t flags)
     return r > 0 ? r : arg.fd;
 }
 
-/* DMA_HEAP_IOCTL_ALLOC: the new buffer fd, or -1 (errno set). */
-static int pdb_heap_alloc(int heap_fd, unsigned long request, uint64_t len, uint32_t fd_flags)
+/* DMA_HEAP_IOCTL_ALLOC: the new buffer fd, or -1 (errno set). The arguments that stay
+ * the same come first, so functools.partial(pdb_heap_alloc, request, fd_flags) is the
+ * whole allocation call, with no Python frame. */
+static int pdb_heap_alloc(unsigned long request, uint32_t fd_flags, int heap_fd, uint64_t len)
 {
     struct dma_heap_allocation_data arg = { .len = len, .fd = 0, .fd_flags = fd_flags, .heap_flags = 0 };
     int r;
@@ -61,8 +63,9 @@ static int pdb_heap_alloc(int heap_fd, unsigned long request, uint64_t len, uint
     return r < 0 ? -1 : (int)arg.fd;
 }
 
-/* UDMABUF_CREATE on one memfd range: the new buffer fd (the ioctl's result), or -1. */
-static int pdb_udmabuf_create(int dev, unsigned long request, int memfd, uint32_t flags,
+/* UDMABUF_CREATE on one memfd range: the new buffer fd (the ioctl's result), or -1
+ * (errno set). The same-every-time arguments first, for functools.partial. */
+static int pdb_udmabuf_create(int dev, unsigned long request, uint32_t flags, int memfd,
                               uint64_t offset, uint64_t size)
 {
     struct udmabuf_create arg = { .memfd = (uint32_t)memfd, .flags = flags, .offset = offset, .size = size };

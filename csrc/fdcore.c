@@ -250,6 +250,135 @@ static PyTypeObject FdBaseType = {
      * construction, no __init__ frame) stays allowed */
 };
 
+/* --- factories: a holder made and filled in one C call -----------------------------
+ * factory(cls, names, defaults) returns make(fd, *values): an instance of cls (a
+ * subclass of FdBase) with _fd = fd, _cell = [fd] and each slot in names set to its
+ * value; defaults are the values of the last len(defaults) names when not given (as a
+ * Python function's defaults). It does what object.__new__(cls) followed by
+ * attribute stores does in the pure path, with no __init__ and no Python frame. */
+#define MAX_SLOTS 8
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;
+    Py_ssize_t n;
+    Py_ssize_t offsets[MAX_SLOTS];
+    PyObject *defaults[MAX_SLOTS];  /* NULL: required (no default) */
+} Factory;
+
+static void Factory_dealloc(Factory *self)
+{
+    Py_ssize_t i;
+    Py_XDECREF(self->cls);
+    for (i = 0; i < self->n; i++)
+        Py_XDECREF(self->defaults[i]);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FactoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pydmabuf.uapi._fdcore.Factory",
+    .tp_basicsize = sizeof(Factory),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Factory_dealloc,
+};
+
+static PyObject *make_holder(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Factory *f = (Factory *)self;
+    PyObject *obj, *cell, *value;
+    FdBase *holder;
+    Py_ssize_t i;
+    if (nargs < 1 || nargs > 1 + f->n) {
+        PyErr_Format(PyExc_TypeError, "make %s: fd and at most %zd values, got %zd arguments",
+                     f->cls->tp_name, f->n, nargs);
+        return NULL;
+    }
+    if (!PyLong_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "make: the fd must be an int");
+        return NULL;
+    }
+    for (i = nargs - 1; i < f->n; i++) {
+        if (f->defaults[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "make %s: value %zd is required", f->cls->tp_name, i + 1);
+            return NULL;
+        }
+    }
+    cell = PyList_New(1);
+    if (cell == NULL)
+        return NULL;
+    Py_INCREF(args[0]);
+    PyList_SET_ITEM(cell, 0, args[0]);
+    obj = f->cls->tp_alloc(f->cls, 0);
+    if (obj == NULL) {
+        Py_DECREF(cell);
+        return NULL;
+    }
+    holder = (FdBase *)obj;
+    Py_INCREF(args[0]);
+    holder->fd = args[0];
+    holder->cell = cell;
+    for (i = 0; i < f->n; i++) {
+        PyObject **slot = (PyObject **)((char *)obj + f->offsets[i]);
+        value = i + 1 < nargs ? args[i + 1] : f->defaults[i];
+        Py_INCREF(value);
+        Py_XSETREF(*slot, value);
+    }
+    return obj;
+}
+
+static PyMethodDef make_def = {"make", (PyCFunction)(void (*)(void))make_holder, METH_FASTCALL,
+                               "make(fd, *values): a new holder (see factory)."};
+
+static PyObject *factory(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *cls, *names, *defaults, *made;
+    Factory *f;
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "O!O!O!:factory", &PyType_Type, &cls, &PyTuple_Type, &names, &PyTuple_Type,
+                          &defaults))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, &FdBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "factory: cls must be a subclass of FdBase");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(names) > MAX_SLOTS || PyTuple_GET_SIZE(defaults) > PyTuple_GET_SIZE(names)) {
+        PyErr_SetString(PyExc_ValueError, "factory: at most 8 names, and no more defaults than names");
+        return NULL;
+    }
+    f = PyObject_New(Factory, &FactoryType);
+    if (f == NULL)
+        return NULL;
+    f->n = 0;
+    Py_INCREF(cls);
+    f->cls = (PyTypeObject *)cls;
+    for (i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        PyMemberDef *member;
+        Py_ssize_t first_default = PyTuple_GET_SIZE(names) - PyTuple_GET_SIZE(defaults);
+        PyObject *d = i >= first_default ? PyTuple_GET_ITEM(defaults, i - first_default) : NULL;
+        if (descr == NULL) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (!Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            (member = ((PyMemberDescrObject *)descr)->d_member)->type != T_OBJECT_EX) {
+            Py_DECREF(descr);
+            Py_DECREF(f);
+            PyErr_Format(PyExc_TypeError, "factory: %R is not a __slots__ attribute", PyTuple_GET_ITEM(names, i));
+            return NULL;
+        }
+        f->offsets[i] = member->offset;
+        Py_DECREF(descr);
+        f->defaults[i] = d;
+        Py_XINCREF(f->defaults[i]);
+        f->n = i + 1;
+    }
+    made = PyCFunction_New(&make_def, (PyObject *)f);
+    Py_DECREF(f);  /* the function keeps it */
+    return made;
+}
+
 static PyObject *setup(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *h, *hooks, *run, *detaching, *closed;
@@ -264,6 +393,9 @@ static PyObject *setup(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
+    {"factory", factory, METH_VARARGS,
+     "factory(cls, names, defaults) -> make(fd, *values): a holder made and filled in C "
+     "(defaults: the values of the last names, as a function's defaults)."},
     {"setup", setup, METH_VARARGS,
      "setup(held, close_hooks, run_close_hooks, close_detaching, closed): pydmabuf._fd's state."},
     {NULL, NULL, 0, NULL},
@@ -278,7 +410,7 @@ PyMODINIT_FUNC PyInit__fdcore(void)
 {
     PyObject *m;
     FdBaseType.tp_new = PyBaseObject_Type.tp_new;
-    if (PyType_Ready(&FdBaseType) < 0)
+    if (PyType_Ready(&FdBaseType) < 0 || PyType_Ready(&FactoryType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)

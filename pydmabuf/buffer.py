@@ -57,7 +57,7 @@ from .errors import (
     unsupported,
 )
 from .info import BufferInfo
-from .syncfile import SyncFile
+from .syncfile import SyncFile, new_sync_file
 from .uapi import fast as _fast
 from .uapi.fdkind import DMA_BUF_DEVS
 from .uapi.ops import SYNC_END, SYNC_READ, SYNC_WRITE, cached_stat
@@ -219,7 +219,7 @@ class _Forget:
     __hash__ = None  # type: ignore[assignment]
 
 
-def new_buffer(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
+def _new_buffer_pure(fd: int, size: int, backend: Backend, offset: int = 0) -> Buffer:
     """A Buffer owning ``fd``, filled without an ``__init__`` frame (hot paths)."""
     buf = _new(Buffer)
     buf._fd = fd
@@ -330,6 +330,8 @@ class Buffer(FdHolder):
                 if new != fd:
                     os.close(new)
                 raise
+        if _made_in_c:
+            return new_buffer(new, size, found)
         buf = _new(Buffer)  # hot path: no __init__ frame
         buf._fd = new
         buf._cell = [new]
@@ -484,6 +486,8 @@ class Buffer(FdHolder):
             hold_remove(self)  # _release, inlined on this hot path
             if self._fd < 0:
                 finish(self)
+        if _made_in_c:
+            return new_sync_file(new, backend)
         fence = _new(SyncFile)  # hot path: no __init__ frame
         fence._fd = new
         fence._cell = [new]
@@ -536,6 +540,13 @@ class Buffer(FdHolder):
         except OSError:
             name = "?"
         return f"<Buffer fd={self._fd} size={self._size} name={name!r} backend={self._backend.name}>"
+
+
+# new_buffer(fd, size, backend, offset=0): on the compiled path one C call makes and
+# fills the Buffer (the same slots as _new_buffer_pure, which is the reference).
+_made_in_c = _fast.holder_factory is not None
+new_buffer: Callable[..., Buffer] = _new_buffer_pure if not _made_in_c else _fast.holder_factory(
+    Buffer, ("_size", "_backend", "_offset", "_access"), (0, None))
 
 
 def _reduce_buffer(buf: Buffer) -> tuple[object, ...]:

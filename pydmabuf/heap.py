@@ -116,6 +116,8 @@ class Heap(FdHolder):
             if heap_fd < 0:
                 raise closed("Heap")
             fd = self._allocate(heap_fd, size)
+            if fd < 0:  # the compiled call failed: the checked one raises the typed error
+                fd = self._backend.allocate(heap_fd, self._name, size)
         except OSError as exc:  # e.g. EMFILE from the fallback's memfd_create: the library's error
             if isinstance(exc, Error):
                 raise

@@ -55,7 +55,7 @@ def _expected(fd: int, new: int, backend: str | Backend | None) -> Backend:
     return found
 
 
-def new_sync_file(fd: int, backend: Backend) -> SyncFile:
+def _new_sync_file_pure(fd: int, backend: Backend) -> SyncFile:
     """A SyncFile owning ``fd``, filled without an ``__init__`` frame (hot paths)."""
     fence = _new(SyncFile)
     fence._fd = fd
@@ -253,6 +253,11 @@ class SyncFile(FdHolder):
         except OSError as exc:
             detail = f" (info failed: {os.strerror(exc.errno or 0)})"
         return f"<SyncFile fd={self._fd}{detail} backend={self._backend.name}>"
+
+
+# new_sync_file(fd, backend): on the compiled path one C call makes and fills it.
+new_sync_file: Callable[[int, Backend], SyncFile] = _new_sync_file_pure if _fast.holder_factory is None else \
+    _fast.holder_factory(SyncFile, ("_backend",), ())
 
 
 def _reduce_sync_file(fence: SyncFile) -> tuple[object, ...]:

@@ -56,6 +56,8 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
     b = _default[0] if backend is None and _default else _backend(backend)
     try:
         new = b.udmabuf_one(fd, offset, size)
+        if new < 0:  # the compiled call failed: the checked one raises the typed error
+            new = b.udmabuf([(fd, offset, size)])[0]
     except OSError as exc:  # EMFILE from a dup on the fallback...: the library's error
         if isinstance(exc, Error):
             raise

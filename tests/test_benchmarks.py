@@ -24,6 +24,21 @@ def test_bench_overhead_reports_every_row() -> None:
     for row in ROWS:
         assert any(line.startswith(row) for line in out.splitlines()), out
     assert "thin obj" in out
+    _both_paths(out)
+
+
+def _both_paths(out: str) -> None:
+    """A compiled install reports the pure path (measured in a PYDMABUF_PURE=1 process)
+    and the compiled one; a pure install has no compiled column."""
+    import pydmabuf
+
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ROWS]
+    header = next(line.split() for line in out.splitlines() if line.startswith("operation"))
+    # a row has one number per column; the header's "thin obj" is two words
+    pure_at, comp_at = header.index("pure") - 1, header.index("compiled") - 1
+    for row in rows:
+        assert row[pure_at] != "nan", out
+        assert (row[comp_at] != "nan") == pydmabuf.compiled, out
 
 
 def test_bench_ioctl_reports_every_row_on_a_real_kernel() -> None:
@@ -35,7 +50,8 @@ def test_bench_ioctl_reports_every_row_on_a_real_kernel() -> None:
     out = _run("bench_ioctl.py", "-n", "50", "--rounds", "1")
     for row in (*ROWS, "allocate", "udmabuf_from_memfd"):
         assert any(line.startswith(row) for line in out.splitlines()), out
-    assert "worst overhead" in out
+    assert "worst pure path against the thin object API" in out
+    _both_paths(out)
 
 
 def test_bench_import_reports_every_row() -> None:

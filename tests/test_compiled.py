@@ -93,7 +93,7 @@ def test_compiled_calls_fail_with_errno_not_exceptions() -> None:
     lib, ffi = fast.lib, fast.ffi
     assert lib.pdb_sync(-1, 0, 1) == 0 and ffi.errno == 9  # EBADF
     assert lib.pdb_export_sync_file(-1, 0, 1) == -1 and ffi.errno == 9
-    assert lib.pdb_heap_alloc(-1, 0, 4096, 0) == -1 and ffi.errno == 9
+    assert lib.pdb_heap_alloc(0, 0, -1, 4096) == -1 and ffi.errno == 9
     assert lib.pdb_udmabuf_create(-1, 0, 0, 0, 0, 4096) == -1 and ffi.errno == 9
     out = ffi.new("int64_t[3]")
     assert lib.pdb_cached_stat(-1, out) == -1 and ffi.errno == 9
@@ -136,3 +136,28 @@ def test_suite_on_the_pure_path() -> None:
     tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
     assert result.returncode == 0, f"the pure path fails where the compiled one passes:\n{tail}"
     assert " passed" in tail, tail
+
+
+@pytest.mark.skipif(not fast.compiled, reason="pure install: no compiled factory")
+def test_holder_factory_makes_what_the_pure_constructor_makes() -> None:
+    from pydmabuf.backends import get_backend
+    from pydmabuf.buffer import Buffer, _new_buffer_pure, new_buffer
+
+    backend = get_backend()
+    fds = [os.memfd_create("f") for _ in range(2)]
+    made, pure = new_buffer(fds[0], 4096, backend), _new_buffer_pure(fds[1], 4096, backend)
+    for buf, fd in zip((made, pure), fds, strict=True):
+        assert type(buf) is Buffer and buf.fileno() == fd and buf._cell == [fd]
+        assert (buf.size, buf._offset, buf._access, buf._backend) == (4096, 0, None, backend)
+        buf.close()
+    assert new_buffer(os.memfd_create("g"), 8192, backend, 4096)._offset == 4096  # closed by its finalizer
+    make = fast.holder_factory(Buffer, ("_size", "_backend"), ())
+    for bad in ((), ("3",), (3, 1), (3, 1, backend, "extra")):
+        with pytest.raises(TypeError):
+            make(*bad)
+    with pytest.raises(TypeError):
+        fast.holder_factory(int, (), ())  # not an fd holder
+    with pytest.raises(TypeError):
+        fast.holder_factory(Buffer, ("size",), ())  # a property, not a slot
+    with pytest.raises(ValueError):
+        fast.holder_factory(Buffer, ("_size",), (1, 2))

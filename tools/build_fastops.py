@@ -37,8 +37,8 @@ TREE_TARGET = ROOT / "pydmabuf" / "uapi"
 DECLARATIONS = """
 int pdb_sync(int fd, unsigned long request, uint64_t flags);
 int pdb_export_sync_file(int fd, unsigned long request, uint32_t flags);
-int pdb_heap_alloc(int heap_fd, unsigned long request, uint64_t len, uint32_t fd_flags);
-int pdb_udmabuf_create(int dev, unsigned long request, int memfd, uint32_t flags, uint64_t offset, uint64_t size);
+int pdb_heap_alloc(unsigned long request, uint32_t fd_flags, int heap_fd, uint64_t len);
+int pdb_udmabuf_create(int dev, unsigned long request, uint32_t flags, int memfd, uint64_t offset, uint64_t size);
 int pdb_cached_stat(int fd, int64_t *out);
 int64_t pdb_size_on(int fd, uint64_t dev);
 const char *pdb_source_hash(void);

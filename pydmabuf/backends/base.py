@@ -71,7 +71,8 @@ class Backend(ABC):
 
     def allocator(self, heap_name: str) -> Callable[[int, int], int]:
         """``allocate`` for one heap as ``alloc(heap_fd, size) -> fd``: what a Heap binds
-        once and calls per allocation (the kernel's is the ioctl with no frame around)."""
+        once and calls per allocation (the kernel's is the ioctl with no frame around).
+        A negative fd means it failed: the caller calls ``allocate`` for the error."""
         allocate = self.allocate
         return lambda heap_fd, size: allocate(heap_fd, heap_name, size)
 
@@ -85,7 +86,8 @@ class Backend(ABC):
 
     def udmabuf_one(self, memfd: int, offset: int, size: int) -> int:
         """The fd of a udmabuf on one range (the common case, with no list to build);
-        the buffer starts at ``offset`` inside it if ``udmabuf_keeps_offset``, else at 0."""
+        the buffer starts at ``offset`` inside it if ``udmabuf_keeps_offset``, else at 0.
+        A negative fd means it failed: the caller calls ``udmabuf`` for the error."""
         return self.udmabuf([(memfd, offset, size)])[0]
 
     @abstractmethod

@@ -77,10 +77,12 @@ class KernelBackend(Backend):
             raise error(exc.errno or E.EACCES, f"opening {path}", HEAP_PERMISSION_HINT) from None
 
     def allocate(self, heap_fd: int, heap_name: str, size: int) -> int:
-        return self.allocator(heap_name)(heap_fd, size)
+        return _ops.heap_allocator(O_RDWR_CLOEXEC, _ALLOC_HINTS.get(heap_name, _CMA_HINTS))(heap_fd, size)
 
     def allocator(self, heap_name: str) -> Callable[[int, int], int]:
-        return _ops.heap_allocator(O_RDWR_CLOEXEC, _ALLOC_HINTS.get(heap_name, _CMA_HINTS))
+        # The compiled path's call has no frame at all; -1 sends the caller to ``allocate``.
+        return _ops.heap_alloc_call(O_RDWR_CLOEXEC) or _ops.heap_allocator(
+            O_RDWR_CLOEXEC, _ALLOC_HINTS.get(heap_name, _CMA_HINTS))
 
     export_sync_file = staticmethod(_ops.dma_buf_export_sync_file)
     export_call = _ops.dma_buf_export_sync_file_call()
@@ -102,16 +104,18 @@ class KernelBackend(Backend):
             return self._udmabuf_fd
 
     def udmabuf(self, ranges: list[Range]) -> tuple[int, int, int]:
-        if len(ranges) == 1:
+        if len(ranges) == 1:  # UDMABUF_CREATE, checked (udmabuf_one's -1 comes here)
             memfd, offset, size = ranges[0]
-            return self.udmabuf_one(memfd, offset, size), 0, size
+            return _ops.udmabuf_create(self._udmabuf_dev(), memfd, offset, size, 1, _UDMABUF_HINTS), 0, size
         fd = _ops.udmabuf_create_list(self._udmabuf_dev(), ranges, 1, _UDMABUF_HINTS)  # 1: CLOEXEC
         return fd, 0, sum(size for _memfd, _offset, size in ranges)
 
     def udmabuf_one(self, memfd: int, offset: int, size: int) -> int:
         # The first call binds UDMABUF_CREATE to the device fd and puts it in this
-        # method's place: later calls are the ioctl's own frame and nothing else.
-        create = _ops.udmabuf_creator(self._udmabuf_dev(), 1, _UDMABUF_HINTS)  # 1: CLOEXEC
+        # method's place: later calls are the ioctl's own frame and nothing else (the
+        # compiled path's: no frame at all, and -1 sends the caller to ``udmabuf``).
+        dev = self._udmabuf_dev()
+        create = _ops.udmabuf_create_call(dev, 1) or _ops.udmabuf_creator(dev, 1, _UDMABUF_HINTS)  # 1: CLOEXEC
         self.udmabuf_one = create  # type: ignore[method-assign,assignment]
         return create(memfd, offset, size)
 

@@ -17,6 +17,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from ..errors import ENOTTY_HINTS, error
 from . import fast as _fast
@@ -181,18 +182,7 @@ _unpack_alloc = ALLOC_ARG.unpack
 def heap_allocator(fd_flags: int, hints: Hints | None = None, heap_flags: int = 0) -> Callable[[int, int], int]:
     """DMA_HEAP_IOCTL_ALLOC with its flags and hints bound: ``alloc(heap_fd, length)``
     returns the new buffer fd. A Heap binds it once, so an allocation is this one
-    Python frame around the ioctl (the compiled one where built)."""
-    if _flib is not None and heap_flags == 0:
-        call = _flib.pdb_heap_alloc
-
-        def alloc_compiled(heap_fd: int, length: int) -> int:
-            fd: int = call(heap_fd, _ALLOC, length, fd_flags)  # retries EINTR/EAGAIN itself
-            if fd < 0:
-                raise fail("DMA_HEAP_IOCTL_ALLOC", hints, _fast.ffi.errno)
-            return fd
-
-        return alloc_compiled
-
+    Python frame around the ioctl (``heap_alloc_call`` is the compiled path's, with none)."""
     def alloc(heap_fd: int, length: int) -> int:
         # A fresh packed struct each call: the kernel rejects a non-zero input fd field.
         arg = _pack_alloc(length, 0, fd_flags, heap_flags)
@@ -203,6 +193,16 @@ def heap_allocator(fd_flags: int, hints: Hints | None = None, heap_flags: int = 
                 retry_or_raise(exc, "DMA_HEAP_IOCTL_ALLOC", hints)
 
     return alloc
+
+
+def heap_alloc_call(fd_flags: int) -> Callable[[int, int], int] | None:
+    """The compiled path's DMA_HEAP_IOCTL_ALLOC with its flags bound, as
+    ``alloc(heap_fd, length)`` with no Python frame at all (a partial of the C call);
+    it returns the new fd, or -1 when the ioctl failed (``heap_allocator``'s call then
+    raises the typed error). None on the pure path."""
+    if _flib is None:
+        return None
+    return partial(_flib.pdb_heap_alloc, _ALLOC, fd_flags)
 
 
 def heap_alloc(heap_fd: int, length: int, fd_flags: int, hints: Hints | None = None,
@@ -233,18 +233,8 @@ _pack_udmabuf = UDMABUF_ARG.pack
 def udmabuf_creator(dev_fd: int, flags: int, hints: Hints | None = None) -> Callable[[int, int, int], int]:
     """UDMABUF_CREATE (one range, the common case) on ``/dev/udmabuf`` fd ``dev_fd``
     with its flags and hints bound: ``create(memfd, offset, size)`` returns the new
-    dma-buf fd, in one Python frame around the ioctl (the compiled one where built)."""
-    if _flib is not None:
-        call = _flib.pdb_udmabuf_create
-
-        def create_compiled(memfd: int, offset: int, size: int) -> int:
-            fd: int = call(dev_fd, _UDMABUF_CREATE, memfd, flags, offset, size)  # retries EINTR/EAGAIN
-            if fd < 0:
-                raise fail("UDMABUF_CREATE", hints, _fast.ffi.errno)
-            return fd
-
-        return create_compiled
-
+    dma-buf fd, in one Python frame around the ioctl (``udmabuf_create_call`` is the
+    compiled path's, with none)."""
     def create(memfd: int, offset: int, size: int) -> int:
         # A mutable buffer: then fcntl.ioctl returns the ioctl's result, the new fd.
         arg = bytearray(_pack_udmabuf(memfd, flags, offset, size))
@@ -255,6 +245,16 @@ def udmabuf_creator(dev_fd: int, flags: int, hints: Hints | None = None) -> Call
                 retry_or_raise(exc, "UDMABUF_CREATE", hints)
 
     return create
+
+
+def udmabuf_create_call(dev_fd: int, flags: int) -> Callable[[int, int, int], int] | None:
+    """The compiled path's UDMABUF_CREATE on ``dev_fd`` with its flags bound, as
+    ``create(memfd, offset, size)`` with no Python frame (a partial of the C call); it
+    returns the new fd, or -1 when the ioctl failed (``udmabuf_creator``'s call then
+    raises the typed error). None on the pure path."""
+    if _flib is None:
+        return None
+    return partial(_flib.pdb_udmabuf_create, dev_fd, _UDMABUF_CREATE, flags)
 
 
 def udmabuf_create(
