@@ -171,6 +171,7 @@ def test_info_json() -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["backend"] == BACKEND
+    assert data["compiled"] is pydmabuf.compiled
     assert data["kernel"] == os.uname().release
     assert {f["name"] for f in data["features"]} == FEATURES
     for feature in data["features"]:
@@ -194,10 +195,11 @@ def test_info_json() -> None:
 def test_info_text() -> None:
     out = run("info")
     assert out.returncode == 0, out.stderr
-    for label in ("backend:", "kernel:", "udmabuf:", "feature:"):
+    for label in ("backend:", "path:", "kernel:", "udmabuf:", "feature:"):
         assert label in out.stdout
     for name in FEATURES:
         assert name in out.stdout
+    assert ("path:     compiled" in out.stdout) is pydmabuf.compiled
 
 
 def test_info_unprivileged_suggests_fixes() -> None:
