@@ -28,6 +28,8 @@ from typing import NoReturn
 
 import pytest
 
+import pydmabuf
+
 if os.environ.get("PYDMABUF_IN_VM"):
     # We are the suite running inside the VM: do not boot another one.
     pytest.skip("real-kernel tier: already inside its VM", allow_module_level=True)
@@ -130,6 +132,8 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
     # The checkout is read-only in the guest: no bytecode, no cache; TMPDIR
     # and HOME default to the guest's tmpfs.
     env = {"PYDMABUF_BACKEND": "kernel", "PYDMABUF_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    if pydmabuf.compiled:  # the guest runs the same checkout: compiled there too (tests/test_compiled.py)
+        env["PYDMABUF_EXPECT_COMPILED"] = "1"
     timeout = float(os.environ.get("PYDMABUF_VM_TIMEOUT", "2400"))
     # Its own file per run (runs may overlap), kept with pytest's recent temp dirs.
     log_path = tmp_path_factory.mktemp("real-kernel") / "guest.log"
