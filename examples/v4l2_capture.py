@@ -51,7 +51,7 @@ from functools import partial
 import pydmabuf
 from pydmabuf.allocator import Allocator
 from pydmabuf.channel import Consumer, Producer
-from pydmabuf.formats import Format
+from pydmabuf.formats import Format, v4l2_format
 from pydmabuf.frame import Frame, Plane, allocate_frame
 from pydmabuf.uapi import v4l2  # the V4L2 declarations pydmabuf checks against videodev2.h
 from pydmabuf.uapi.v4l2 import ffi, lib
@@ -60,20 +60,15 @@ CAPTURE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE
 CAPTURE_MPLANE = lib.V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE
 FRAME_TIMEOUT = 20.0  # seconds for one frame: generous for an emulated machine
 
-# V4L2 pixel format -> (DRM format, buffers per frame). The "M" formats put each plane
-# in a buffer of its own (multi-planar API only); the others are one buffer with the
-# planes one after another, each pitch following from the first as V4L2 defines it.
-V4L2_TO_DRM = {
-    lib.V4L2_PIX_FMT_NV12M: ("NV12", 2),
-    lib.V4L2_PIX_FMT_NV21M: ("NV21", 2),
-    lib.V4L2_PIX_FMT_YUV420M: ("YUV420", 3),
-    lib.V4L2_PIX_FMT_NV12: ("NV12", 1),
-    lib.V4L2_PIX_FMT_NV21: ("NV21", 1),
-    lib.V4L2_PIX_FMT_YUV420: ("YUV420", 1),
-    lib.V4L2_PIX_FMT_YVU420: ("YVU420", 1),
-    lib.V4L2_PIX_FMT_YUYV: ("YUYV", 1),
-    lib.V4L2_PIX_FMT_UYVY: ("UYVY", 1),
-}
+# V4L2 pixel format -> (DRM format, buffers per frame), from pydmabuf's V4L2 table
+# (formats.v4l2_format), for the formats whose layout this example computes. The "M"
+# formats put each plane in a buffer of its own (multi-planar API only); the others are
+# one buffer with the planes one after another, each pitch following from the first as
+# V4L2 defines it.
+V4L2_TO_DRM = {code: (drm.name, buffers) for code in (
+    lib.V4L2_PIX_FMT_NV12M, lib.V4L2_PIX_FMT_NV21M, lib.V4L2_PIX_FMT_YUV420M, lib.V4L2_PIX_FMT_NV12,
+    lib.V4L2_PIX_FMT_NV21, lib.V4L2_PIX_FMT_YUV420, lib.V4L2_PIX_FMT_YVU420, lib.V4L2_PIX_FMT_YUYV,
+    lib.V4L2_PIX_FMT_UYVY) for drm, buffers in [v4l2_format(code)]}
 PREFERRED = (lib.V4L2_PIX_FMT_NV12M, lib.V4L2_PIX_FMT_NV12, lib.V4L2_PIX_FMT_YUYV)
 
 

@@ -157,14 +157,25 @@ class Format:
 
     @classmethod
     def from_name(cls, name: str) -> Format:
-        """The format called ``name`` in drm_fourcc.h, without or with its ``DRM_FORMAT_``
-        prefix: ``"NV12"``, ``"XRGB8888"``, ``"DRM_FORMAT_P010"``."""
+        """The format a name the user types stands for, in this order:
+
+        - drm_fourcc.h's name, without or with ``DRM_FORMAT_``: ``"NV12"``, ``"XRGB8888"``,
+          ``"DRM_FORMAT_P010"``;
+        - the fourcc's characters, as ``fourcc_string`` prints them and GStreamer's
+          ``drm-format`` and kernel logs use: ``"XR24"``, ``"R8"`` (trailing spaces optional);
+        - GStreamer's format name: ``"I420"``, ``"BGRx"`` (its byte-order RGB names differ
+          from DRM's: ``BGRx`` is XRGB8888);
+        - V4L2's pixel format name, without or with ``V4L2_PIX_FMT_``: ``"YUV420M"``,
+          ``"V4L2_PIX_FMT_XBGR32"`` (see :func:`v4l2_format` for buffers per frame).
+
+        Case does not matter unless it must (GStreamer's ``xRGB`` and ``RGBx`` differ in
+        more than case, so they never clash). A miss raises InvalidArgumentError naming
+        the nearest known names."""
         if not isinstance(name, str):
             raise TypeError(f"a format name must be a str, got {type(name).__name__}")
         found = _BY_NAME.get(name[len("DRM_FORMAT_"):] if name.startswith("DRM_FORMAT_") else name)
         if found is None:
-            raise invalid(f"unknown DRM format name {name!r} (drm_fourcc.h of Linux {KERNEL_VERSION}; "
-                          "names are like 'NV12', 'XRGB8888': Format.all() lists them)")
+            found = _by_any_name(name)
         return found
 
     @staticmethod
@@ -246,6 +257,99 @@ class Format:
 
     def __str__(self) -> str:
         return self._name
+
+
+# Every name from_name knows beyond the exact DRM names, built on first use (the
+# GStreamer and V4L2 tables are not on the import path): the name folded to upper case
+# -> its format, or a str explaining why that folded name is refused. GStreamer's RGB
+# names count only in their exact case: they name bytes in memory, DRM's name a
+# little-endian word, so "XRGB" (DRM's XRGB8888? GStreamer's xRGB, DRM's BGRX8888?)
+# must not pick one silently.
+_ANY_NAME: dict[str, Format | str] = {}
+_GST_EXACT: dict[str, Format] = {}
+
+
+def _names() -> dict[str, Format | str]:
+    if _ANY_NAME:
+        return _ANY_NAME
+    from .uapi.format_names import GSTREAMER, V4L2
+
+    table: dict[str, Format | str] = {}
+
+    def add(key: str, fmt: Format) -> None:
+        key = key.upper()
+        old = table.setdefault(key, fmt)
+        if old is not fmt:  # two formats fold to one name: only the exact spelling counts
+            table[key] = f"{key!r} names more than one format in some case"
+
+    for fmt in _ALL:  # DRM names and fourcc strings first: they win over other APIs' names
+        add(fmt.name, fmt)
+        add("DRM_FORMAT_" + fmt.name, fmt)
+        add(fmt.fourcc_string.rstrip(" "), fmt)
+    for gst, drm in GSTREAMER.items():
+        fmt = _BY_NAME[drm]
+        if fmt.is_yuv:
+            table.setdefault(gst.upper(), fmt)
+        else:
+            _GST_EXACT[gst] = fmt
+            table.setdefault(gst.upper(), f"GStreamer's {gst!r} is DRM's {drm} (GStreamer names RGB formats by "
+                                          "bytes in memory, DRM by a little-endian word): give GStreamer's "
+                                          "name in its exact case, or the DRM name")
+    for v4l2, (_code, drm, _buffers) in V4L2.items():
+        table.setdefault(v4l2.upper(), _BY_NAME[drm])
+        table.setdefault("V4L2_PIX_FMT_" + v4l2.upper(), _BY_NAME[drm])
+    _ANY_NAME.update(table)
+    return _ANY_NAME
+
+
+def _by_any_name(name: str) -> Format:
+    """from_name's slow half: fourcc strings, other APIs' names, any case; a miss names
+    the nearest ones."""
+    exact = _BY_CODE.get(int.from_bytes(name.ljust(4).encode("latin-1"), "little")) \
+        if len(name) <= 4 and name.isascii() and name.isprintable() else None
+    if exact is not None:  # the fourcc string as printed, case and all ("XR24", "R8")
+        return exact
+    key = name.strip().upper()
+    names = _names()
+    gst = _GST_EXACT.get(name.strip())
+    if gst is not None:
+        return gst
+    found = names.get(key)
+    if isinstance(found, Format):
+        return found
+    if found is not None:
+        raise invalid(f"format name {name!r} is ambiguous: {found}")
+    import difflib  # only on a miss
+
+    near = difflib.get_close_matches(key, list(names), n=4, cutoff=0.6)
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    raise invalid(f"unknown DRM format name {name!r}{hint} (drm_fourcc.h of Linux {KERNEL_VERSION}, fourcc "
+                  "strings like 'XR24', GStreamer's like 'BGRx' and V4L2's like 'NV12M' are known: "
+                  "Format.all() lists the formats)")
+
+
+def v4l2_format(pixelformat: int | str) -> tuple[Format, int]:
+    """(the DRM format, buffers per frame) of a V4L2 pixel format, given as its code
+    (``v4l2_format.pixelformat``) or name (``"NV12M"`` or ``"V4L2_PIX_FMT_NV12M"``):
+    ``(NV12, 2)`` for NV12M, whose planes come in a buffer each; ``(NV12, 1)`` for NV12.
+    InvalidArgumentError for a V4L2 format with no DRM equivalent here."""
+    from .uapi.format_names import V4L2
+
+    if isinstance(pixelformat, str):
+        key = pixelformat.upper()
+        key = key[len("V4L2_PIX_FMT_"):] if key.startswith("V4L2_PIX_FMT_") else key
+        entry = V4L2.get(key)
+        if entry is None:
+            raise invalid(f"no DRM format for V4L2 pixel format {pixelformat!r} "
+                          f"(known: {', '.join(sorted(V4L2))})")
+        return _BY_NAME[entry[1]], entry[2]
+    if isinstance(pixelformat, int) and not isinstance(pixelformat, bool):
+        for code, drm, buffers in V4L2.values():
+            if int.from_bytes(code.encode("latin-1"), "little") == pixelformat:
+                return _BY_NAME[drm], buffers
+        chars = pixelformat.to_bytes(4, "little").decode("latin-1") if 0 <= pixelformat < 1 << 32 else "?"
+        raise invalid(f"no DRM format for V4L2 pixel format 0x{pixelformat:08x} ({chars!r})")
+    raise TypeError(f"a V4L2 pixel format is its code (int) or name (str), got {type(pixelformat).__name__}")
 
 
 def _fourcc_chars(code: int) -> str:

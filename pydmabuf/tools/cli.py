@@ -42,7 +42,8 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     yes_no = {True: "yes", False: "no", None: "unknown"}
     print(f"backend:  {report.backend}")
-    print("path:     " + ("compiled (the hot calls and the fd holder in C: pydmabuf.uapi._fastops, _fdcore)" if report.compiled else
+    print("path:     " + ("compiled (the hot calls and the fd holder in C: pydmabuf.uapi._fastops, _fdcore)"
+                          if report.compiled else
                           "pure Python (no compiled path: built without a C compiler, or PYDMABUF_PURE=1)"))
     print(f"kernel:   {report.kernel} ({report.machine})")
     for heap in report.heaps:
