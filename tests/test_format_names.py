@@ -72,7 +72,7 @@ def test_v4l2_names_and_codes() -> None:
 
 
 def test_a_miss_names_the_nearest() -> None:
-    with pytest.raises(pydmabuf.InvalidArgumentError, match="nearest: .*NV21") as info:
+    with pytest.raises(pydmabuf.InvalidArgumentError, match=r"nearest: .*NV21") as info:
         Format.from_name("NV13")
     assert "Format.all()" in str(info.value)
     for nothing in ("", "DRM_FORMAT_", "\0", "é" * 5, "x" * 1000):
