@@ -1,4 +1,4 @@
-"""Command line: ``python -m pydmabuf.vm {run,fetch,check}``."""
+"""Command line: ``python -m pydmabuf.vm {run,fetch,consumers,check}``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import available, ensure_kernel, run
+from .consumers import ConsumerRootError, ensure_root, versions
 from .kernel import KernelError
 from .runner import STATUS_VM_FAILED, VMError
 
@@ -54,10 +55,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a small tree (a checkout) to copy at the start and show as that copy, cached",
     )
+    p_run.add_argument(
+        "--consumers", action="store_true",
+        help="boot over the consumer root (Debian trixie with Mesa and GStreamer, built on first use) "
+        "with this checkout at /src",
+    )  # fmt: skip
     p_run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
 
     p_fetch = sub.add_parser("fetch", help="download (or refresh) the Debian kernel into the cache")
     kernel_options(p_fetch)
+
+    sub.add_parser("consumers", help="build (or find) the consumer root and print its Mesa and GStreamer versions")
 
     p_check = sub.add_parser("check", help="say whether the VM can run here")
     kernel_options(p_check)
@@ -78,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "fetch":
             print(ensure_kernel(args.kernel, args.modules, refresh=True))
+            return 0
+        if args.action == "consumers":
+            root = ensure_root()
+            print(root)
+            for package, version in versions(root).items():
+                print(f"{package} {version}")
             return 0
         usable, reason = available()
         if args.action == "check":
@@ -104,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stdout,
             live_dirs=args.live,
             snapshot_dirs=args.snapshot,
+            consumers=args.consumers,
         )
         return _report(result)
-    except (VMError, KernelError, OSError) as exc:
+    except (VMError, KernelError, ConsumerRootError, OSError) as exc:
         print(f"pydmabuf.vm: {exc}", file=sys.stderr)
         return STATUS_VM_FAILED
     except KeyboardInterrupt:

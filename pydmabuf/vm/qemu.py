@@ -25,8 +25,10 @@ def command_line(
     memory: str = "2G",
     cpus: int = 2,
     shares: tuple[tuple[str, str], ...] = (),
+    root: str = "/",
 ) -> list[str]:
-    """QEMU's arguments; ``shares`` are extra read-only 9p exports (tag, host path)."""
+    """QEMU's arguments; ``shares`` are extra read-only 9p exports (tag, host path);
+    ``root`` is the directory the guest runs in (the host's root by default)."""
     extra = []
     for tag, path in shares:
         path = path.replace(",", ",,")  # QEMU's escape for a comma in an option value
@@ -49,7 +51,8 @@ def command_line(
         "-append", "console=ttyS0 quiet panic=-1 rdinit=/init",
         # The host's root, read-only: the guest runs the host's own Python,
         # virtualenv and checkout without copying anything.
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={root.replace(',', ',,')},mount_tag=hostroot,security_model=none,readonly=on,"
+        "multidevs=remap",
         *extra,
     ]  # fmt: skip
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import initramfs, qemu, shares
+from . import debian, initramfs, qemu, shares
 from .console import MARKER, Console
+from .consumers import MOUNT_POINT, ConsumerRootError, ensure_root
 from .host import available, find_busybox, find_qemu
 from .kernel import Kernel, ensure_kernel
 
@@ -129,6 +130,7 @@ def run(
     stream: TextIO | None = None,
     live_dirs: Sequence[str] | None = None,
     snapshot_dirs: Sequence[str] = (),
+    consumers: bool = False,
 ) -> VMResult:
     """Boot a guest, run ``argv`` in it and return once it has powered off.
 
@@ -144,6 +146,11 @@ def run(
     (default: ``cwd``) are shared uncached instead, and ``snapshot_dirs``
     (small trees, such as a checkout being edited) are copied when the run
     starts and show that copy; see :mod:`pydmabuf.vm.shares`.
+
+    ``consumers=True`` boots over the consumer root instead (Debian trixie with Mesa
+    and GStreamer, built and cached on first use: :mod:`pydmabuf.vm.consumers`); the
+    command then runs in ``/src``, a snapshot of ``cwd``, with ``PYTHONPATH=/src``
+    and the root's own Python.
     """
     started = time.monotonic()
     if not argv:
@@ -159,17 +166,28 @@ def run(
 
     cwd = os.path.abspath(cwd or os.getcwd())
     live = list(live_dirs) if live_dirs is not None else [cwd]
+    root = "/"
+    if consumers:
+        try:
+            root = str(ensure_root())
+        except (ConsumerRootError, debian.AptError) as exc:
+            raise VMError(f"no consumer root: {exc}") from exc
+        env = {"PYTHONPATH": MOUNT_POINT, **(env or {})}
     nonce = secrets.token_hex(12)
     with tempfile.TemporaryDirectory(prefix="pydmabuf-vm-") as tmp:
         try:
-            layout = shares.plan(live, snapshot_dirs, Path(tmp))
+            if consumers:  # the checkout, copied, at /src of the other root
+                layout = shares.plan([], [cwd], Path(tmp), targets={os.path.realpath(cwd): MOUNT_POINT}, keep=False)
+            else:
+                layout = shares.plan(live, snapshot_dirs, Path(tmp))
         except shares.SnapshotTooLarge as exc:
             raise VMError(str(exc)) from exc
         # A tmpfs on /tmp would hide a checkout or interpreter that lives there.
         needed = [cwd, sys.executable, os.path.realpath(sys.executable), *(s.target for s in layout.shares)]
-        scratch_over_tmp = not any(_under("/tmp", path) for path in needed)
+        scratch_over_tmp = consumers or not any(_under("/tmp", path) for path in needed)
         scratch = "/tmp" if scratch_over_tmp else "/run/tmp"
-        job = initramfs.Job(list(argv), guest_environment(env, scratch), cwd, nonce, scratch_over_tmp, layout)
+        job = initramfs.Job(list(argv), guest_environment(env, scratch), MOUNT_POINT if consumers else cwd, nonce,
+                            scratch_over_tmp, layout)
         initrd = Path(tmp) / "initrd.cpio"
         initrd.write_bytes(base.read_bytes() + initramfs.job_archive(job))
         cmd = qemu.command_line(
@@ -179,6 +197,7 @@ def run(
             memory=os.environ.get("PYDMABUF_VM_MEMORY", "2G"),
             cpus=int(os.environ.get("PYDMABUF_VM_CPUS", "2")),
             shares=tuple((share.tag, share.source) for share in layout.shares),
+            root=root,
         )
         console, booted, output = _boot(cmd, nonce, stream, timeout - (time.monotonic() - started))
 

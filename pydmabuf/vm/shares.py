@@ -22,7 +22,7 @@ import compileall
 import os
 import shlex
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +106,12 @@ def _copy(source: str, dest: str, skip: list[str]) -> None:
     compileall.compile_dir(dest, quiet=2)
 
 
-def plan(live: Sequence[str], snapshot: Sequence[str], workdir: Path) -> Layout:
-    """Copy the ``snapshot`` trees into ``workdir`` and describe all mounts."""
+def plan(live: Sequence[str], snapshot: Sequence[str], workdir: Path, targets: Mapping[str, str] | None = None,
+         keep: bool = True) -> Layout:
+    """Copy the ``snapshot`` trees into ``workdir`` and describe all mounts. ``targets``
+    puts a directory somewhere else in the guest (another root file system, where the
+    host's path does not exist); ``keep=False`` leaves nothing on the root mount (the
+    virtualenvs and ``.git`` inside are the host's, useless on another root)."""
     shares: list[Share] = []
     kept: list[str] = []
     seen: set[str] = set()
@@ -123,6 +127,7 @@ def plan(live: Sequence[str], snapshot: Sequence[str], workdir: Path) -> Layout:
             if cached:
                 source = str(workdir / tag)
                 _copy(directory, source, inside)
-            shares.append(Share(tag, source, directory, cached))
-            kept += inside
+            shares.append(Share(tag, source, (targets or {}).get(directory, directory), cached))
+            if keep:
+                kept += inside
     return Layout(tuple(shares), tuple(kept))
