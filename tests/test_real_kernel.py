@@ -241,6 +241,57 @@ def test_foreign_buffers_without_allocator_nodes(
     assert passed >= FOREIGN_MIN_PASSED, f"only {passed} passed, expected {FOREIGN_MIN_PASSED}\n{context}"
 
 
+CONSUMER_TIMEOUT = 900.0
+CONSUMER_MIN_PASSED = 1
+
+
+@pytest.mark.real_kernel
+def test_real_consumers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A third boot, over the consumer root (Debian trixie with Mesa and GStreamer,
+    built with mmdebstrap on first use: pydmabuf.vm.consumers): the examples that
+    feed real consumers run against them on the kernel backend (tests/consumers/),
+    nothing skipped. The report names the Mesa and GStreamer versions."""
+    kernel = _guest_kernel()
+    from pydmabuf.vm import consumers
+
+    problem = consumers.missing_prerequisite() if consumers.cached_root() is None else None
+    if problem is not None:
+        _unavailable(f"no consumer root: {problem}", hint=False)
+    root = consumers.ensure_root()
+    versions = ", ".join(f"{package} {version}" for package, version in consumers.versions(root).items())
+    argv = ["python3", "-m", "pytest", "tests/consumers", "-p", "no:cacheprovider", "--noconftest", "-q", "-rfEs",
+            "-s"]
+    env = {"PYDMABUF_BACKEND": "kernel", "PYDMABUF_IN_VM": "1", "PYDMABUF_CONSUMER_TIER": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    log_path = tmp_path_factory.mktemp("real-kernel-consumers") / "guest.log"
+    with log_path.open("w") as log:
+        log.write(f"# pydmabuf real-kernel tier, consumer root {root} ({versions}), kernel {kernel}\n"
+                  f"# {' '.join(argv)}\n")
+        log.flush()
+        result = vm.run(argv, env=env, cwd=str(REPO), timeout=CONSUMER_TIMEOUT, kernel=kernel, stream=log,
+                        consumers=True)
+        log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
+
+    where = f"full guest output: {log_path}"
+    parsed = parse_summary(result.output)
+    described = _describe(*parsed, result) if parsed else "no pytest summary from the guest"
+    results = [line.strip() for line in result.output.splitlines() if "every byte as drawn" in line]
+    skips = summary_lines(result.output, "SKIPPED")
+    _show(request.config, [f"real-kernel tier, real consumers ({versions}): {described}", *results, *skips,
+                           where])
+
+    failures = summary_lines(result.output, "FAILED") + summary_lines(result.output, "ERROR")
+    context = f"{where}\n" + ("guest failures:\n" + "\n".join(failures) if failures else
+                              f"--- last lines of the guest output ---\n{_tail(result.output)}")
+    assert result.error is None, f"the VM failed: {result.error}\n{context}"
+    assert parsed is not None, f"no pytest summary line in the guest output\n{context}"
+    counts, _ = parsed
+    assert result.returncode == 0, f"guest pytest exited {result.returncode}\n{context}"
+    assert not skips and not counts.get("skipped"), f"consumer tests skipped in the guest\n{context}"
+    passed = counts.get("passed", 0)
+    assert passed >= CONSUMER_MIN_PASSED, f"only {passed} passed, expected {CONSUMER_MIN_PASSED}\n{context}"
+
+
 # The runner's pure parts, checked on the host without booting anything.
 
 
