@@ -299,16 +299,35 @@ class Producer:
     consumers and releases (each picks up whatever the sockets hold at that moment).
     After ``close()`` every method raises ClosedError.
 
+    ``protocol="gstreamer"`` makes it GStreamer's instead: what ``unixfdsrc
+    socket-path=PATH`` consumes (a :class:`pydmabuf.gstreamer.GstProducer`, with
+    ``frames``/``frame_layout``, ``count``, ``allow_uids``, ``allow_gids``).
+
     ``count`` is an int (or any integer with ``__index__``, e.g. ``numpy.int64``) > 0;
     each pool buffer holds at least one fd, so a pool the fd limit
     (RLIMIT_NOFILE) cannot hold is refused with an error of errno EMFILE naming it.
     """
 
+    def __new__(cls, path: str, *, protocol: str = "pydmabuf", **kwargs: object) -> Producer:
+        # protocol="gstreamer": the producer GStreamer's unixfdsrc consumes (pydmabuf.gstreamer)
+        if protocol == "gstreamer":
+            from .gstreamer import GstProducer
+
+            allowed = {"count", "frames", "frame_layout", "allow_uids", "allow_gids"}
+            unknown = sorted(set(kwargs) - allowed)
+            if unknown:
+                raise invalid(f"Producer(protocol='gstreamer') takes {', '.join(sorted(allowed))}, not "
+                              f"{', '.join(unknown)}")
+            return GstProducer(path, **kwargs)  # type: ignore[arg-type,return-value]
+        if protocol != "pydmabuf":
+            raise invalid(f"protocol is 'pydmabuf' or 'gstreamer', got {protocol!r}")
+        return super().__new__(cls)
+
     def __init__(self, path: str, *, size: int = 0, count: int = 4, heap: Heap | None = None,
                  buffers: Sequence[Buffer] | None = None, allow_uids: Iterable[int] | None = None,
                  allow_gids: Iterable[int] | None = None, max_pending: int | None = None,
                  slow_consumer: str = "drop", frames: Sequence[Frame] | None = None,
-                 frame_layout: tuple[int, int, Format | str | int] | None = None) -> None:
+                 frame_layout: tuple[int, int, Format | str | int] | None = None, protocol: str = "pydmabuf") -> None:
         self._listener: socket.socket | None = None
         self._buffers: list[Item] = []  # the pool: Buffers, or Frames
         self._shared: list[Item] = []  # what consumers get: read-only where possible
@@ -956,10 +975,19 @@ class Consumer:
 
     @classmethod
     def connect(cls, path: str, *, timeout: float | None = 5.0,
-                allow_uids: Iterable[int] | None = None) -> Consumer:
+                allow_uids: Iterable[int] | None = None, protocol: str = "pydmabuf") -> Consumer:
         """Connect to a producer's ``path``, retrying until it listens or ``timeout``
         (TimeoutError). The producer must run as this process's effective uid, as
-        root, or as a uid in ``allow_uids``; else PermissionDeniedError."""
+        root, or as a uid in ``allow_uids``; else PermissionDeniedError.
+        ``protocol="gstreamer"`` connects to GStreamer's ``unixfdsink socket-path=PATH``
+        instead and returns a :class:`pydmabuf.gstreamer.GstConsumer` (its ``receive()``
+        gives GstDelivery objects with the frame, caps and timestamps)."""
+        if protocol == "gstreamer":
+            from .gstreamer import GstConsumer
+
+            return GstConsumer.connect(path, timeout=timeout, allow_uids=allow_uids)  # type: ignore[return-value]
+        if protocol != "pydmabuf":
+            raise invalid(f"protocol is 'pydmabuf' or 'gstreamer', got {protocol!r}")
         address = _address(path)
         until = deadline(timeout, "Consumer.connect")
         uids = id_set(allow_uids, "allow_uids")
