@@ -242,15 +242,17 @@ def test_foreign_buffers_without_allocator_nodes(
 
 
 CONSUMER_TIMEOUT = 900.0
-CONSUMER_MIN_PASSED = 1
+CONSUMER_MIN_PASSED = 10
+_CONSUMER_RESULTS = ("every byte as drawn", "exact pixels", "frames/s", "killed holding")
 
 
 @pytest.mark.real_kernel
 def test_real_consumers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A third boot, over the consumer root (Debian trixie with Mesa and GStreamer,
     built with mmdebstrap on first use: pydmabuf.vm.consumers): the examples that
-    feed real consumers run against them on the kernel backend (tests/consumers/),
-    nothing skipped. The report names the Mesa and GStreamer versions."""
+    feed real consumers, and pydmabuf.gstreamer against GStreamer's unixfdsink and
+    unixfdsrc, run on the kernel backend (tests/consumers/), nothing skipped. The
+    report names the Mesa and GStreamer versions and each result, frames/s included."""
     kernel = _guest_kernel()
     from pydmabuf.vm import consumers
 
@@ -275,7 +277,8 @@ def test_real_consumers(request: pytest.FixtureRequest, tmp_path_factory: pytest
     where = f"full guest output: {log_path}"
     parsed = parse_summary(result.output)
     described = _describe(*parsed, result) if parsed else "no pytest summary from the guest"
-    results = [line.strip() for line in result.output.splitlines() if "every byte as drawn" in line]
+    results = [line.strip().lstrip(".") for line in result.output.splitlines()
+               if any(marker in line for marker in _CONSUMER_RESULTS)]
     skips = summary_lines(result.output, "SKIPPED")
     _show(request.config, [f"real-kernel tier, real consumers ({versions}): {described}", *results, *skips,
                            where])
