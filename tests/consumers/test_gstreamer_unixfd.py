@@ -78,9 +78,9 @@ def test_unixfdsink_into_pydmabuf(tmp_path: Path, gst_format: str, frames: int) 
     caps = f"video/x-raw,format={gst_format},width={W},height={H},framerate=30/1"
     # The same deterministic test pattern twice: once to a file (GStreamer's own bytes),
     # once into unixfdsink for pydmabuf.
-    subprocess.run(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}", "pattern=ball", "!", caps, "!",
+    _run_gst(["videotestsrc", f"num-buffers={frames}", "pattern=ball", "!", caps, "!",
                     "filesink", f"location={reference}"], check=True, timeout=120)
-    sink = subprocess.Popen(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}", "pattern=ball", "!",
+    sink = _start_gst(["videotestsrc", f"num-buffers={frames}", "pattern=ball", "!",
                              caps, "!", "unixfdsink", f"socket-path={sock}", "wait-for-connection=true"])
     try:
         info = _info(gst_format)
@@ -99,6 +99,15 @@ def test_unixfdsink_into_pydmabuf(tmp_path: Path, gst_format: str, frames: int) 
               "exact pixels")
     finally:
         assert sink.wait(timeout=60) == 0
+
+
+def _start_gst(args: list[str]) -> subprocess.Popen[bytes]:
+    """gst-launch-1.0 with ``args``, its progress lines kept out of the log."""
+    return subprocess.Popen(["gst-launch-1.0", "-q", *args], stdout=subprocess.DEVNULL)
+
+
+def _run_gst(args: list[str], **kwargs: Any) -> None:
+    subprocess.run(["gst-launch-1.0", "-q", *args], stdout=subprocess.DEVNULL, **kwargs)
 
 
 def _wait_for(sock: Path) -> None:
@@ -122,7 +131,7 @@ def test_pydmabuf_into_unixfdsrc(tmp_path: Path, fmt: str, out: str) -> None:
     sock, received = tmp_path / "src.sock", tmp_path / "received.raw"
     frames = 5
     with GstProducer(str(sock), frame_layout=(W, H, fmt), count=3) as producer:
-        source = subprocess.Popen(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "unixfdsrc", f"socket-path={sock}", "!", "videoconvert",
+        source = _start_gst(["unixfdsrc", f"socket-path={sock}", "!", "videoconvert",
                                    "!", f"video/x-raw,format={out}", "!", "filesink", f"location={received}"])
         drawn = []
         producer.wait_for_sources(1, timeout=60)
@@ -152,7 +161,7 @@ def test_a_gstreamer_consumer_that_dies_loses_pydmabuf_nothing(tmp_path: Path) -
     sock = tmp_path / "src.sock"
     with GstProducer(str(sock), frame_layout=(W, H, "NV12"), count=3) as producer:
         # fakesink holds nothing; a queue that never drains holds every buffer it gets
-        source = subprocess.Popen(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "unixfdsrc", f"socket-path={sock}", "!", "queue",
+        source = _start_gst(["unixfdsrc", f"socket-path={sock}", "!", "queue",
                                    "max-size-buffers=0", "max-size-time=0", "max-size-bytes=0", "!", "fakesink",
                                    "sync=true", "ts-offset=3600000000000"])
         producer.wait_for_sources(1, timeout=60)
@@ -171,16 +180,16 @@ def test_frames_per_second_next_to_gstreamer_itself(tmp_path: Path) -> None:
     frames, caps = 300, "video/x-raw,format=NV12,width=320,height=240,framerate=1000/1"
     sock = tmp_path / "rate.sock"
     # GStreamer to GStreamer: unixfdsink in one process, unixfdsrc ! fakesink in another
-    sink = subprocess.Popen(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}", "pattern=black", "!",
+    sink = _start_gst(["videotestsrc", f"num-buffers={frames}", "pattern=black", "!",
                              caps, "!", "unixfdsink", f"socket-path={sock}", "wait-for-connection=true"])
     _wait_for(sock)  # unixfdsrc fails at once, never retrying, if the sink does not listen yet
     started = time.monotonic()
-    subprocess.run(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "unixfdsrc", f"socket-path={sock}", "!", "fakesink"], check=True,
+    _run_gst(["unixfdsrc", f"socket-path={sock}", "!", "fakesink"], check=True,
                    timeout=300)
     gst_rate = frames / (time.monotonic() - started)
     assert sink.wait(timeout=60) == 0
     sock2 = tmp_path / "rate2.sock"
-    sink = subprocess.Popen(stdout=subprocess.DEVNULL, args=["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}", "pattern=black", "!",
+    sink = _start_gst(["videotestsrc", f"num-buffers={frames}", "pattern=black", "!",
                              caps, "!", "unixfdsink", f"socket-path={sock2}", "wait-for-connection=true"])
     with GstConsumer.connect(str(sock2), timeout=60) as consumer:
         started = time.monotonic()
