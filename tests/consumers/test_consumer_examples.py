@@ -18,16 +18,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CONSUMER_EXAMPLES = ("gstreamer_appsrc.py",)
+# each example -> what its output says when every pixel matched
+CONSUMER_EXAMPLES = {
+    "gstreamer_appsrc.py": "every byte as drawn",
+    "gstreamer_v4l2src.py": "every byte as GStreamer mapped",
+}
 
 pytestmark = pytest.mark.skipif(not os.environ.get("PYDMABUF_CONSUMER_TIER"),
                                 reason="needs the consumer root: the real-kernel tier's consumer boot runs it")
 
 
-@pytest.mark.parametrize("example", CONSUMER_EXAMPLES)
+@pytest.mark.parametrize("example", sorted(CONSUMER_EXAMPLES))
 def test_example_against_the_real_consumer(example: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--require"], capture_output=True,
                             text=True, timeout=600)
     print(result.stdout)  # each example's result lines land in the tier's log
     assert result.returncode == 0, f"{example} failed:\n{result.stdout}\n{result.stderr}"
-    assert "every byte as drawn" in result.stdout
+    assert CONSUMER_EXAMPLES[example] in result.stdout
