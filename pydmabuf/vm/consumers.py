@@ -44,6 +44,16 @@ PACKAGES = (
 # Packages whose versions the tier reports.
 REPORTED = ("libegl-mesa0", "mesa-vulkan-drivers", "gstreamer1.0-plugins-bad", "python3")
 MOUNT_POINT = "/src"  # where the checkout appears in the guest
+# GStreamer's plugin registry, made once at build time: a scan under emulation takes
+# long, and the guest's home is a fresh tmpfs at every boot.
+GST_REGISTRY = "/var/cache/pydmabuf-gst-registry.bin"
+# What every command in the consumer root gets (run() adds it; the caller's env wins).
+ENVIRONMENT = {
+    "GST_REGISTRY_1_0": GST_REGISTRY,
+    "GST_REGISTRY_UPDATE": "no",
+    "LIBGL_ALWAYS_SOFTWARE": "1",  # llvmpipe: Mesa's kms_swrast on vgem's node crashes when sampling
+}
+BUILD_STEPS = 2  # bump when ensure_root() builds differently: the cache key changes
 MARKER = "pydmabuf-consumers.json"  # written last: its presence means the root is complete
 
 
@@ -53,7 +63,7 @@ class ConsumerRootError(RuntimeError):
 
 def root_dir() -> Path:
     """Where the root for this suite and package list lives (it may not exist yet)."""
-    key = hashlib.sha256(" ".join((SUITE, *PACKAGES)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(" ".join((SUITE, str(BUILD_STEPS), *PACKAGES)).encode()).hexdigest()[:12]
     return cache_dir() / "consumers" / f"{SUITE}-{key}"
 
 
@@ -113,6 +123,11 @@ def ensure_root() -> Path:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
             raise ConsumerRootError(f"mmdebstrap failed ({result.returncode}):\n{tail}")
         (partial / MOUNT_POINT.lstrip("/")).mkdir(exist_ok=True)
+        registry = subprocess.run(["chroot", str(partial), "env", f"GST_REGISTRY_1_0={GST_REGISTRY}",
+                                   "gst-inspect-1.0", "--version"], capture_output=True, text=True)
+        if registry.returncode != 0 or not (partial / GST_REGISTRY.lstrip("/")).is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ConsumerRootError(f"GStreamer's plugin registry was not made: {registry.stderr.strip()[-500:]}")
         found_versions = {}
         for package in REPORTED:
             query = subprocess.run(["dpkg-query", f"--admindir={partial}/var/lib/dpkg", "-W", "-f=${Version}",

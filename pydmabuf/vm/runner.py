@@ -15,6 +15,7 @@ from typing import TextIO
 
 from . import debian, initramfs, qemu, shares
 from .console import MARKER, Console
+from .consumers import ENVIRONMENT as CONSUMER_ENVIRONMENT
 from .consumers import MOUNT_POINT, ConsumerRootError, ensure_root
 from .host import available, find_busybox, find_qemu
 from .kernel import Kernel, ensure_kernel
@@ -172,7 +173,7 @@ def run(
             root = str(ensure_root())
         except (ConsumerRootError, debian.AptError) as exc:
             raise VMError(f"no consumer root: {exc}") from exc
-        env = {"PYTHONPATH": MOUNT_POINT, **(env or {})}
+        env = {"PYTHONPATH": MOUNT_POINT, **CONSUMER_ENVIRONMENT, **(env or {})}
     nonce = secrets.token_hex(12)
     with tempfile.TemporaryDirectory(prefix="pydmabuf-vm-") as tmp:
         try:
