@@ -242,7 +242,7 @@ def test_foreign_buffers_without_allocator_nodes(
 
 
 CONSUMER_TIMEOUT = 900.0
-CONSUMER_MIN_PASSED = 11
+CONSUMER_MIN_PASSED = 12
 _CONSUMER_RESULTS = ("every byte as", "exact pixels", "frames/s", "killed holding")
 
 

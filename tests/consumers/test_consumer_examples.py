@@ -1,4 +1,4 @@
-"""The examples that feed real consumers (GStreamer; Mesa next), run against them.
+"""The examples that feed real consumers (GStreamer, Mesa's EGL), run against them.
 
 They need the consumer root's userland (``pydmabuf.vm.consumers``: GStreamer 1.26,
 Mesa 25, PyGObject), so they run in the real-kernel tier's consumer boot
@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 # each example -> what its output says when every pixel matched
 CONSUMER_EXAMPLES = {
+    "egl_import.py": "every byte as GL cleared it",
     "gstreamer_appsrc.py": "every byte as drawn",
     "gstreamer_v4l2src.py": "every byte as GStreamer mapped",
 }
