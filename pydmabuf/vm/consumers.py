@@ -36,11 +36,16 @@ from .kernel import SUITE
 
 # What the consumers need; their dependencies come with them.
 PACKAGES = (
-    "python3", "python3-cffi", "python3-numpy", "python3-pytest", "python3-psutil",
+    "python3", "python3-venv", "python3-cffi", "python3-numpy", "python3-pytest", "python3-psutil",
     "python3-gi", "gir1.2-gstreamer-1.0", "gir1.2-gst-plugins-base-1.0", "gir1.2-gst-plugins-bad-1.0",
     "gstreamer1.0-tools", "gstreamer1.0-plugins-base", "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad",
     "libegl1", "libegl-mesa0", "libgles2", "libgl1-mesa-dri", "mesa-vulkan-drivers", "libvulkan1",
 )  # fmt: skip
+# From PyPI, into a venv in the root (/opt/pydmabuf-venv, with the system's packages
+# visible): what Debian does not package. Downloaded by this machine's pip, installed
+# offline in the root.
+PYPI = ("vulkan==1.3.275.1",)  # the cffi binding of libvulkan, for examples/vulkan_import.py
+VENV = "/opt/pydmabuf-venv"
 # Packages whose versions the tier reports.
 REPORTED = ("libegl-mesa0", "mesa-vulkan-drivers", "gstreamer1.0-plugins-bad", "python3")
 MOUNT_POINT = "/src"  # where the checkout appears in the guest
@@ -49,11 +54,12 @@ MOUNT_POINT = "/src"  # where the checkout appears in the guest
 GST_REGISTRY = "/var/cache/pydmabuf-gst-registry.bin"
 # What every command in the consumer root gets (run() adds it; the caller's env wins).
 ENVIRONMENT = {
+    "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",  # python3: the venv's
     "GST_REGISTRY_1_0": GST_REGISTRY,
     "GST_REGISTRY_UPDATE": "no",
     "LIBGL_ALWAYS_SOFTWARE": "1",  # llvmpipe: Mesa's kms_swrast on vgem's node crashes when sampling
 }
-BUILD_STEPS = 2  # bump when ensure_root() builds differently: the cache key changes
+BUILD_STEPS = 3  # bump when ensure_root() builds differently: the cache key changes
 MARKER = "pydmabuf-consumers.json"  # written last: its presence means the root is complete
 
 
@@ -63,7 +69,7 @@ class ConsumerRootError(RuntimeError):
 
 def root_dir() -> Path:
     """Where the root for this suite and package list lives (it may not exist yet)."""
-    key = hashlib.sha256(" ".join((SUITE, str(BUILD_STEPS), *PACKAGES)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(" ".join((SUITE, str(BUILD_STEPS), *PACKAGES, *PYPI)).encode()).hexdigest()[:12]
     return cache_dir() / "consumers" / f"{SUITE}-{key}"
 
 
@@ -86,6 +92,26 @@ def missing_prerequisite() -> str | None:
     if os.geteuid() != 0:
         return "building the consumer root needs root (mmdebstrap --mode=root)"
     return None
+
+
+def _install_pypi(root: Path) -> None:
+    """PYPI into a venv in ``root``: downloaded here (this machine's pip and index),
+    installed in the root with no network."""
+    wheels = root / "tmp" / "pydmabuf-wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels), *PYPI],
+        ["chroot", str(root), "python3", "-m", "venv", "--system-site-packages", VENV],
+        ["chroot", str(root), "sh", "-c", f"{VENV}/bin/pip install -q --no-index --no-deps /tmp/pydmabuf-wheels/*.whl"],
+    ]
+    try:
+        for argv in steps:
+            result = subprocess.run(argv, capture_output=True, text=True)
+            if result.returncode != 0:
+                output = (result.stdout + result.stderr).strip()[-800:]
+                raise ConsumerRootError(f"{' '.join(argv[:6])} failed: {output}")
+    finally:
+        shutil.rmtree(wheels, ignore_errors=True)
 
 
 @contextmanager
@@ -123,6 +149,7 @@ def ensure_root() -> Path:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
             raise ConsumerRootError(f"mmdebstrap failed ({result.returncode}):\n{tail}")
         (partial / MOUNT_POINT.lstrip("/")).mkdir(exist_ok=True)
+        _install_pypi(partial)
         registry = subprocess.run(["chroot", str(partial), "env", f"GST_REGISTRY_1_0={GST_REGISTRY}",
                                    "gst-inspect-1.0", "--version"], capture_output=True, text=True)
         if registry.returncode != 0 or not (partial / GST_REGISTRY.lstrip("/")).is_file():
