@@ -1,4 +1,4 @@
-"""The examples that feed real consumers (GStreamer, Mesa's EGL), run against them.
+"""The examples that feed real consumers (GStreamer, Mesa's EGL and Vulkan), run against them.
 
 They need the consumer root's userland (``pydmabuf.vm.consumers``: GStreamer 1.26,
 Mesa 25, PyGObject), so they run in the real-kernel tier's consumer boot
@@ -23,6 +23,7 @@ CONSUMER_EXAMPLES = {
     "egl_import.py": "every byte as GL cleared it",
     "gstreamer_appsrc.py": "every byte as drawn",
     "gstreamer_v4l2src.py": "every byte as GStreamer mapped",
+    "vulkan_import.py": "vkCmdCopyImageToBuffer gives every byte as drawn",
 }
 
 pytestmark = pytest.mark.skipif(not os.environ.get("PYDMABUF_CONSUMER_TIER"),
