@@ -257,7 +257,10 @@ class GstConsumer:
     def _read_message(self, sock: socket.socket) -> tuple[int, bytes, list[int]]:
         fds: list[int] = []
         try:
-            head, anc, flags, _ = sock.recvmsg(wire.HEADER.size, _CMSG_SPACE, _RECV_FLAGS)
+            try:
+                head, anc, flags, _ = sock.recvmsg(wire.HEADER.size, _CMSG_SPACE, _RECV_FLAGS)
+            except ConnectionResetError:  # the sink closed with our releases unread: it is gone
+                raise EOFError from None
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds += array.array("i", data[:len(data) - len(data) % 4]).tolist()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _procs import fork, join
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -283,3 +284,83 @@ def test_a_source_that_sends_garbage_is_dropped(path: str) -> None:
             producer.poll(0.05)
         assert producer.sources == 0
         sock.close()
+
+
+# --- who may connect (the tests run as root; a forked child drops to nobody) ----------------
+
+NOBODY = 65534
+
+
+def _as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a child that drops to nobody")
+def test_consumer_refuses_a_sink_of_another_uid() -> None:
+    path = f"@pydmabuf-gst-trust-{os.getpid()}"
+    control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def squatter() -> int:  # a "unixfdsink" run by nobody, serving caps
+        control.close()
+        _as_nobody()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind("\0" + path[1:])
+        listener.listen(2)
+        theirs.send(b"listening")
+        listener.settimeout(20)
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError):  # the first one is refused and closed at once
+                conn.sendall(wire.caps_message(CAPS) + wire.eos_message())
+            conn.close()
+        return 0
+
+    pid = fork(squatter)
+    theirs.close()
+    try:
+        control.settimeout(10)
+        assert control.recv(16) == b"listening"
+        with pytest.raises(pydmabuf.PermissionDeniedError, match=rf"uid {NOBODY}.*allow_uids=\[{NOBODY}\]"):
+            GstConsumer.connect(path, timeout=5)
+        with GstConsumer.connect(path, timeout=5, allow_uids=[NOBODY]) as consumer:  # trusted on request
+            assert consumer.receive(timeout=10) is None and consumer.caps == CAPS
+        assert join(pid) == 0
+    finally:
+        control.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a child that drops to nobody")
+def test_producer_admits_sources_of_its_uid_or_allowed_ones_only() -> None:
+    path = f"@pydmabuf-gst-admit-{os.getpid()}"
+
+    def nobody_source() -> int:
+        _as_nobody()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect("\0" + path[1:])
+        data = sock.recv(4096)  # refused: closed at once, no caps
+        return 0 if data == b"" else 3
+
+    with GstProducer(path, frame_layout=(32, 16, "XRGB8888"), count=1) as producer:
+        pid = fork(nobody_source)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            producer.poll(0.05)
+            assert producer.sources == 0
+        assert join(pid) == 0
+    with GstProducer(path, frame_layout=(32, 16, "XRGB8888"), count=1, allow_uids=[NOBODY]) as producer:
+        def allowed() -> int:
+            _as_nobody()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect("\0" + path[1:])
+            return 0 if sock.recv(8)[:4] == struct.pack("=I", wire.CAPS) else 4
+
+        pid = fork(allowed)
+        producer.wait_for_sources(1, timeout=10)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            producer.poll(0.05)
+        assert join(pid) == 0
