@@ -147,7 +147,7 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
-    if name == "accounting":  # a tool (psutil, /proc scans): loaded when asked for
+    if name == "accounting":  # a tool (/proc scans): loaded when asked for
         from .tools import accounting
 
         return accounting

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gettext  # noqa: F401 - argparse imports these lazily; the stdlib is unreadable after the drop
 import io
 import json
+import locale  # noqa: F401
 import mmap
 import os
-import shutil  # noqa: F401 - argparse imports it lazily; the stdlib is unreadable after the drop
+import shutil  # noqa: F401
 import socket
 import sys
 

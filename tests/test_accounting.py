@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,3 +242,22 @@ def test_leaks_ignores_other_fds() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_processes_and_their_names_come_from_proc(tmp_path: Path) -> None:
+    # ps/top read /proc themselves (no psutil): pids, existence, and names as ps shows
+    # them, with the kernel's 15-character cut undone from the command line.
+    assert os.getpid() in accounting.pids() and accounting.pid_exists(os.getpid())
+    assert not accounting.pid_exists(0) and not accounting.pid_exists(2**22 + 7)
+    long_name = tmp_path / "a-program-name-longer-than-15"
+    long_name.symlink_to(sys.executable)
+    child = subprocess.Popen([str(long_name), "-c", "import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while accounting._process_name(child.pid) != long_name.name:
+            assert time.monotonic() < deadline, accounting._process_name(child.pid)
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert accounting._process_name(2**22 + 7) == "?"

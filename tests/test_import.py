@@ -1,5 +1,5 @@
 """What ``import pydmabuf`` loads: the declarations pre-parsed (no pycparser), and none
-of what only some programs need (V4L2, psutil, the channel, asyncio, ...).
+of what only some programs need (V4L2, the accounting scan, the channel, asyncio, ...).
 
 Not a timing test (times depend on the machine): each check looks at ``sys.modules``
 of a fresh interpreter, so it fails exactly when an eager import comes back.
@@ -62,7 +62,7 @@ def test_the_check_can_fail() -> None:
                      "pydmabuf.Producer")
     assert {"pydmabuf.uapi._cdefs_v4l2", "pydmabuf.channel", "logging"} <= loaded
     assert "pycparser" not in loaded  # V4L2 too is pre-parsed
-    assert "psutil" not in loaded  # the ps tool loads it when it runs
+    assert "psutil" not in loaded  # not a dependency at all: the ps tool reads /proc itself
 
 
 # public name -> the module that defines it (the name itself for a module)

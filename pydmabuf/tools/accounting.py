@@ -1,7 +1,7 @@
 """Who holds which buffer: system-wide dma-buf accounting, and leaks in this process.
 
 dma-buf memory is charged to no process, so ``ps`` and ``top`` cannot show it. This
-module walks ``/proc`` (processes enumerated with psutil): per process, the fd links
+module walks ``/proc`` (its numeric entries are the processes): per process, the fd links
 (``/dmabuf:...`` on the kernel, ``/memfd:pydmabuf...`` for fallback buffers), the
 fdinfo of those fds only, and ``/proc/PID/maps`` once. Processes that cannot be read
 (another user's, without root) are counted, never fatal.
@@ -20,8 +20,6 @@ import mmap
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-
-import psutil
 
 from .._fd import FdHolder
 from ..uapi import fdinfo as _fdinfo
@@ -141,7 +139,7 @@ def snapshot() -> Snapshot:
     """Every dma-buf (and fallback buffer) that this user can see, with its holders."""
     found: dict[_Key, _Found] = {}
     unreadable = scanned = 0
-    for pid in psutil.pids():
+    for pid in pids():
         state = _scan(pid, found)
         if state is None:
             continue  # exited meanwhile, or a kernel thread
@@ -167,11 +165,31 @@ def _processes(buffers: list[BufferUsage], names: dict[int, str]) -> list[Proces
     return sorted(rows, key=lambda p: (-p.pss, -p.size, p.pid))
 
 
+def pids() -> list[int]:
+    """Every process's pid (the numeric entries of /proc), ascending."""
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether process ``pid`` exists (as /proc shows it)."""
+    return pid > 0 and os.path.isdir(f"/proc/{pid}")
+
+
 def _process_name(pid: int) -> str:
+    """The process's name as ps shows it: /proc/PID/comm, which the kernel cuts to 15
+    characters; the full name from the command line where that was cut."""
     try:
-        return str(psutil.Process(pid).name())
-    except psutil.Error:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
         return "?"
+    if len(name) == 15:  # maybe cut: the command line's program name, if it starts the same
+        with contextlib.suppress(OSError, IndexError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                program = os.path.basename(f.read().split(b"\0")[0].decode("utf-8", "replace"))
+            if program.startswith(name):
+                return program
+    return name
 
 
 def _is_kthread(pid: int) -> bool:

@@ -17,7 +17,7 @@ from . import demo
 from .ps import ps, ps_args, top, top_args
 
 # Building the parser loads only argparse and each command's arguments: what a command
-# needs (psutil, the library's channel, the feature probes, json) it imports when it
+# needs (the accounting scan, the library's channel, the feature probes, json) it imports when it
 # runs, so `pydmabuf --help` and `pydmabuf info` start fast.
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from .accounting import Snapshot
 
-# psutil, the accounting scan, json and csv load when a command runs, not when the
+# The accounting scan, json and csv load when a command runs, not when the
 # CLI builds its parser (``pydmabuf --help``, ``pydmabuf info``).
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -78,9 +78,9 @@ def _take(args: argparse.Namespace) -> Snapshot:
 
 
 def _missing_pids(args: argparse.Namespace) -> int:
-    import psutil
+    from .accounting import pid_exists
 
-    missing = [pid for pid in args.pid or () if not psutil.pid_exists(pid)]
+    missing = [pid for pid in args.pid or () if not pid_exists(pid)]
     for pid in missing:
         print(f"pydmabuf {args.command}: no such process: {pid}", file=sys.stderr)
     return 1 if missing else 0
