@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import pydmabuf
 from pydmabuf.uapi.ffi import CDEF_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +43,24 @@ def _installed_path(wheel: Path, target: Path) -> str:
     return out[1]
 
 
-def _common(names: set[str]) -> None:
+def _common(names: set[str], wheel: Path | None = None) -> None:
     missing = [f for f in CDEF_FILES if f"pydmabuf/cdefs/{f}" not in names]
     assert not missing, f"cdefs missing from the wheel: {missing}"
     assert "pydmabuf/py.typed" in names
     assert not [n for n in names if n.endswith(".c")]
+    info = f"pydmabuf-{pydmabuf.__version__}.dist-info"  # the version has one source, _version.py
+    assert f"{info}/licenses/LICENSE" in names, "MIT's notice must travel with every copy"
+    if wheel is not None:
+        metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
+        assert "License-Expression: MIT" in metadata and f"Version: {pydmabuf.__version__}" in metadata
+        assert "Requires-Dist: psutil" not in metadata  # cffi is the one run-time dependency
 
 
 def test_wheel_without_a_compiler_is_pure(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path / "w", {"CC": "/bin/false"})
     assert wheel.name.endswith("-py3-none-any.whl"), f"not a pure wheel: {wheel.name}"
     names = set(zipfile.ZipFile(wheel).namelist())
-    _common(names)
+    _common(names, wheel)
     assert not [n for n in names if n.endswith(".so")]  # a stale build in the tree never ships
     assert _installed_path(wheel, tmp_path / "site") == "False"
 
