@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -370,3 +371,15 @@ def test_module_load_order() -> None:
     order, found, missing = modules.load_order(["9p", "vgem"], deps.get, builtin={"9p"})
     assert order == ["drm", "drm_shmem_helper", "vgem"]
     assert missing == [] and set(found) == set(deps)
+
+
+def test_check_never_downloads(tmp_path: Path) -> None:
+    # `python -m pydmabuf.vm check` with nothing cached says how to fetch, quickly,
+    # and leaves the cache as it was (fetch is the one command that downloads).
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("PYDMABUF_VM_KERNEL", None)
+    out = subprocess.run([sys.executable, "-m", "pydmabuf.vm", "check"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    if "available: yes" in out.stdout:
+        assert out.returncode == 0 and "none cached" in out.stdout and "fetch" in out.stdout, out.stdout
+    assert not any((tmp_path / "pydmabuf").rglob("*.deb")) and not (tmp_path / "pydmabuf" / "kernel").exists()

@@ -8,7 +8,7 @@ import sys
 
 from . import available, ensure_kernel, run
 from .consumers import ConsumerRootError, ensure_root, versions
-from .kernel import KernelError
+from .kernel import KernelError, cached_kernel
 from .runner import STATUS_VM_FAILED, VMError
 
 _PROBE = 'uname -r; ls -l /dev/udmabuf /dev/dma_heap/ /dev/dri/; python3 -c "import sys; print(sys.version)"'
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("consumers", help="build (or find) the consumer root and print its Mesa and GStreamer versions")
 
-    p_check = sub.add_parser("check", help="say whether the VM can run here")
+    p_check = sub.add_parser("check", help="say whether the VM can run here (never downloads)")
     kernel_options(p_check)
     p_check.add_argument("--boot", action="store_true", help="also boot once and list the dma-buf devices")
     return parser
@@ -98,7 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"available: {'yes' if usable else 'no'} ({reason})")
             if not usable:
                 return 1
-            kernel = ensure_kernel(args.kernel, args.modules)
+            # check never downloads: a user kernel, or the cached one, or say how to get one
+            if args.kernel or args.modules or os.environ.get("PYDMABUF_VM_KERNEL"):
+                kernel = ensure_kernel(args.kernel, args.modules)
+            else:
+                found = cached_kernel()
+                if found is None:
+                    print("kernel: none cached; 'python -m pydmabuf.vm fetch' downloads Debian's (about 100 MB), "
+                          "or set PYDMABUF_VM_KERNEL")
+                    return 1 if args.boot else 0
+                kernel = found
             print(f"kernel: {kernel}")
             if not args.boot:
                 return 0
