@@ -71,6 +71,10 @@ class KernelBackend(Backend):
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            if not os.path.isdir(HEAP_DIR):  # not this heap: no heap at all, the kernel can't
+                raise unsupported(f"this kernel has no dma-heaps: {HEAP_DIR} does not exist (CONFIG_DMABUF_HEAPS "
+                                  "is off, or no heap driver is loaded); udmabuf, or drivers' exports wrapped "
+                                  "with Buffer.from_fd, may still work") from None
             raise error(E.ENOENT, f"no dma-heap {name!r}",
                         f"available: {', '.join(self.heaps()) or 'none'}") from None
         except PermissionError as exc:
