@@ -59,10 +59,26 @@ def udmabuf_from_memfd(memfd: object, offset: int = 0, size: int | None = None, 
         if new < 0:  # the compiled call failed: the checked one raises the typed error
             new = b.udmabuf([(fd, offset, size)])[0]
     except OSError as exc:  # EMFILE from a dup on the fallback...: the library's error
-        if isinstance(exc, Error):
-            raise
-        raise error(exc.errno or E.EIO, "UDMABUF_CREATE") from None
+        raise _diagnosed(exc, [(fd, offset, size)]) from None
     return new_buffer(new, size, b, offset if b.udmabuf_keeps_offset else 0)
+
+
+def _diagnosed(exc: OSError, ranges: list[tuple[int, int, int]]) -> Error:
+    """The library's error for a refused UDMABUF_CREATE(_LIST), naming the one condition
+    that failed where it can be found (the kernel says only EINVAL or EBADFD)."""
+    code = exc.errno or E.EIO
+    if code in (E.EINVAL, E.EBADFD):
+        for memfd, offset, size in ranges:
+            problem = _memfd.udmabuf_problem(memfd, offset, size)
+            if problem is not None:
+                return error(problem[0], "UDMABUF_CREATE", problem[1])
+        total, limit = sum(size for _memfd, _offset, size in ranges), _memfd.udmabuf_size_limit()
+        if total > limit:
+            return error(code, "UDMABUF_CREATE", f"{total} bytes exceed udmabuf's limit of {limit} bytes "
+                         f"({_memfd.UDMABUF_SIZE_LIMIT_FILE})")
+    if isinstance(exc, Error):
+        return exc
+    return error(code, "UDMABUF_CREATE")
 
 
 _default: list[Backend] = []  # the default backend once known: no get_backend frame per call
@@ -88,9 +104,7 @@ def udmabuf_from_ranges(ranges: list[tuple[object, int, int]], *,
     try:
         fd, offset, total = b.udmabuf(items)
     except OSError as exc:
-        if isinstance(exc, Error):
-            raise
-        raise error(exc.errno or E.EIO, "UDMABUF_CREATE_LIST") from None
+        raise _diagnosed(exc, items) from None
     return new_buffer(fd, total, b, offset)
 
 

@@ -225,3 +225,35 @@ def test_offsets_and_sizes_take_numpy_integers() -> None:
             pydmabuf.udmabuf_from_memfd(memfd, np.float64(0))
     finally:
         os.close(memfd)
+
+
+@pytest.mark.parametrize(("seals", "offset", "size", "named"), [
+    (0, 0, PAGE, "F_SEAL_SHRINK"),
+    (_memfd.F_SEAL_SHRINK | _memfd.F_SEAL_WRITE, 0, PAGE, "no write seal"),
+    (_memfd.F_SEAL_SHRINK, PAGE // 2, PAGE, "page-aligned"),
+    (_memfd.F_SEAL_SHRINK, 0, 8 * PAGE, "past the end"),
+], ids=["no-shrink-seal", "write-seal", "unaligned", "past-end"])
+def test_a_refusal_names_the_condition_that_failed(seals: int, offset: int, size: int, named: str) -> None:
+    # The kernel says only EINVAL; both backends name the one condition (not the list of five).
+    memfd = sealed(4 * PAGE, seals=seals)
+    try:
+        with pytest.raises(pydmabuf.InvalidArgumentError) as exc:
+            pydmabuf.udmabuf_from_memfd(memfd, offset, size)
+        assert named in str(exc.value), str(exc.value)
+        assert "size_limit_mb" not in str(exc.value)  # not the generic five-condition hint
+        with pytest.raises(pydmabuf.InvalidArgumentError) as exc:
+            pydmabuf.udmabuf_from_ranges([(memfd, offset, size)])
+        assert named in str(exc.value), str(exc.value)
+    finally:
+        os.close(memfd)
+
+
+def test_a_buffer_over_the_size_limit_names_the_limit() -> None:
+    limit = _memfd.udmabuf_size_limit()
+    memfd = sealed(limit + PAGE)  # sparse: no page is touched
+    try:
+        with pytest.raises(pydmabuf.InvalidArgumentError) as exc:
+            pydmabuf.udmabuf_from_memfd(memfd, 0, limit + PAGE)
+        assert "limit" in str(exc.value) and str(limit) in str(exc.value), str(exc.value)
+    finally:
+        os.close(memfd)

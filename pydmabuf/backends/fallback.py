@@ -11,7 +11,6 @@ What cannot be emulated is listed in the README.
 from __future__ import annotations
 
 import errno as E
-import fcntl
 import os
 import select
 import threading
@@ -153,25 +152,11 @@ class FallbackBackend(Backend):
 
     @staticmethod
     def _check_udmabuf_range(memfd: int, offset: int, size: int) -> None:
-        # The kernel's checks, in its order, with its errno values. F_GET_SEALS first: it
-        # is shmem's own answer (EINVAL elsewhere), where fstat of another file system's
-        # file (FUSE) would wait for its server.
-        seals = _memfd.seals(memfd)
-        if seals is None:
-            try:
-                fcntl.fcntl(memfd, fcntl.F_GETFD)
-            except (OSError, OverflowError, ValueError):
-                raise error(E.EBADFD, "UDMABUF_CREATE", "not an open memfd") from None
-            raise error(E.EBADFD, "UDMABUF_CREATE", "each range needs a memfd (shmem) fd")
-        st = os.fstat(memfd)
-        if not seals & _memfd.F_SEAL_SHRINK or seals & (_memfd.F_SEAL_WRITE | _memfd.F_SEAL_FUTURE_WRITE):
-            raise error(E.EINVAL, "UDMABUF_CREATE",
-                        "the memfd needs MFD_ALLOW_SEALING + F_SEAL_SHRINK and no write seal")
-        page = _memfd.PAGE_SIZE
-        if offset % page or size % page or size <= 0 or offset < 0:
-            raise error(E.EINVAL, "UDMABUF_CREATE", "offset and size must be page-aligned, size > 0")
-        if offset + size > st.st_size:
-            raise error(E.EINVAL, "UDMABUF_CREATE", "range extends past the end of the memfd")
+        # The kernel's checks, in its order, with its errno values (shared with the
+        # kernel backend's diagnosis of a refusal).
+        problem = _memfd.udmabuf_problem(memfd, offset, size)
+        if problem is not None:
+            raise error(problem[0], "UDMABUF_CREATE", problem[1])
 
     def _key(self, fd: int) -> tuple[int, int]:
         st = os.fstat(fd)
