@@ -87,16 +87,18 @@ def software_display(egl: Egl) -> Any:
     return "no Mesa software EGL device"
 
 
-def make_current(egl: Egl, display: Any) -> None:
+def make_current(egl: Egl, display: Any) -> str | None:
+    """Make a GLES 2 context current; why not, if it cannot (an older Mesa)."""
     extensions = (egl.egl.eglQueryString(display, EGL_EXTENSIONS) or b"").decode()
     for needed in ("EGL_KHR_surfaceless_context", "EGL_KHR_no_config_context", "EGL_EXT_image_dma_buf_import"):
         if needed not in extensions:
-            raise SystemExit(f"the EGL display lacks {needed}")
+            return f"the EGL display lacks {needed} (Mesa too old?)"
     egl.egl.eglBindAPI(EGL_OPENGL_ES_API)
     attributes = (ctypes.c_int * 3)(EGL_CONTEXT_CLIENT_VERSION, 2, EGL_NONE)
     context = egl.egl.eglCreateContext(display, None, None, attributes)
     if not context or not egl.egl.eglMakeCurrent(display, None, None, context):
-        raise SystemExit(f"no GLES 2 context (EGL error 0x{egl.egl.eglGetError():x})")
+        return f"no GLES 2 context (EGL error 0x{egl.egl.eglGetError():x})"
+    return None
 
 
 def framebuffer(egl: Egl, texture: int) -> None:
@@ -220,7 +222,9 @@ def main() -> int:
     if isinstance(display, str):
         return nothing(display)
     try:
-        make_current(egl, display)
+        problem = make_current(egl, display)
+        if problem is not None:
+            return nothing(problem)
         for fmt in ("ABGR8888", "XRGB8888"):
             import_frame(egl, display, fmt, width, height)
         export_texture(egl, display, width, height)
