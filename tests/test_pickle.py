@@ -9,6 +9,7 @@ import copy
 import multiprocessing
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 
@@ -22,8 +23,20 @@ import pydmabuf
 def _resource_sharer() -> Iterator[None]:
     # multiprocessing's resource sharer keeps a listener (an fd and a thread) for the
     # life of the process once used: start it before the per-test fd count.
+    from multiprocessing import resource_sharer
+
+    base = open_fds()
+    new_listener = getattr(resource_sharer._resource_sharer, "_listener", None) is None
     with pydmabuf.Heap("system") as heap, heap.allocate(4096) as buf:
         pickle.loads(ForkingPickler.dumps(buf)).close()
+    # The sharer's thread closes its duplicate and the accepted connection *after* the
+    # receiver has the fd, so wait for that: a count taken earlier would see those fds
+    # vanish during the first test (seen once on a loaded 2-core CI machine).
+    settled = base + (1 if new_listener else 0)
+    deadline = time.monotonic() + 30.0
+    while open_fds() != settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open_fds() == settled, f"the resource sharer kept {open_fds() - settled} fds open"
     yield
 
 
