@@ -34,8 +34,7 @@ def _spawn(role: str, *, sock: socket.socket | None = None) -> subprocess.Popen[
         args.append(str(sock.fileno()))
         fds = (sock.fileno(),)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            pass_fds=fds, env=env)
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, pass_fds=fds, env=env)
 
 
 def _ready(proc: subprocess.Popen[str]) -> str:
@@ -110,8 +109,9 @@ def test_three_processes_pss(three: tuple[int, int, int]) -> None:
 def test_ps_json_matches(three: tuple[int, int, int]) -> None:
     sender, receiver, mapper = three
     pids = [arg for pid in three for arg in ("--pid", str(pid))]
-    out = subprocess.run([sys.executable, "-m", "pydmabuf", "ps", "--json", *pids],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pydmabuf", "ps", "--json", *pids], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert {"buffers", "processes"} <= set(data)
@@ -119,14 +119,18 @@ def test_ps_json_matches(three: tuple[int, int, int]) -> None:
     assert set(bufs) == {"shared", "mapped", "maponly"}
     assert bufs["shared"]["size"] == 3 * PAGE
     assert bufs["shared"]["exporter"] == HEAP_EXPORTER
-    assert bufs["shared"]["holders"] == [{"pid": sender, "fds": 1, "maps": 0},
-                                         {"pid": receiver, "fds": 2, "maps": 1}]
+    assert bufs["shared"]["holders"] == [{"pid": sender, "fds": 1, "maps": 0}, {"pid": receiver, "fds": 2, "maps": 1}]
     assert bufs["mapped"]["holders"] == [{"pid": mapper, "fds": 1, "maps": 1}]
     assert bufs["maponly"]["holders"] == [{"pid": mapper, "fds": 0, "maps": 1}]
     assert isinstance(bufs["shared"]["inode"], int)
     procs = {p["pid"]: p for p in data["processes"]}
-    assert procs[mapper] == {"pid": mapper, "name": procs[mapper]["name"], "buffers": 2,
-                             "size": 3 * PAGE, "pss": 3 * PAGE}
+    assert procs[mapper] == {
+        "pid": mapper,
+        "name": procs[mapper]["name"],
+        "buffers": 2,
+        "size": 3 * PAGE,
+        "pss": 3 * PAGE,
+    }
     assert procs[sender]["pss"] == procs[receiver]["pss"] == 3 * PAGE // 2
     # largest PSS first
     assert data["processes"][0]["pid"] == mapper
@@ -198,6 +202,7 @@ def test_unprivileged_gets_partial_report(heap: pydmabuf.Heap) -> None:
 
 # --- leaks -------------------------------------------------------------------------
 
+
 def test_no_leaks_with_live_objects_and_mappings(heap: pydmabuf.Heap) -> None:
     gc.collect()
     assert accounting.leaks() == []
@@ -217,8 +222,7 @@ def test_leak_detected(heap: pydmabuf.Heap) -> None:
     fd = buf.detach()  # nobody owns this fd now
     try:
         found = accounting.leaks()
-        assert [(leak.fd, leak.inode, leak.size, leak.name) for leak in found] == [
-            (fd, inode, 2 * PAGE, "leaky")]
+        assert [(leak.fd, leak.inode, leak.size, leak.name) for leak in found] == [(fd, inode, 2 * PAGE, "leaky")]
         assert found[0].exporter == HEAP_EXPORTER
     finally:
         os.close(fd)

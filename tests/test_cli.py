@@ -25,11 +25,13 @@ CHILD = str(Path(__file__).with_name("accounting_child.py"))
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, "-m", "pydmabuf", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pydmabuf", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 # --- general -----------------------------------------------------------------------
+
 
 def test_no_command_is_a_usage_error() -> None:
     out = run()
@@ -50,8 +52,9 @@ def test_help_and_version() -> None:
         assert option in ps_help.stdout
 
 
-@pytest.mark.parametrize("args", [["ps", "--json", "--csv"], ["ps", "--pid", "x"], ["nosuch"],
-                                  ["top", "--delay", "0", "-n", "1"]])
+@pytest.mark.parametrize(
+    "args", [["ps", "--json", "--csv"], ["ps", "--pid", "x"], ["nosuch"], ["top", "--delay", "0", "-n", "1"]]
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     out = run(*args)
     assert out.returncode == 2, out
@@ -76,6 +79,7 @@ def test_human_units() -> None:
 
 
 # --- ps ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def named(heap: pydmabuf.Heap) -> Iterator[pydmabuf.Buffer]:
@@ -107,14 +111,23 @@ def test_ps_buffers_view_escapes_names(named: pydmabuf.Buffer) -> None:
 def test_ps_csv_in_bytes(named: pydmabuf.Buffer) -> None:
     out = run("ps", "--csv", "--pid", str(os.getpid()))
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert rows == [{"pid": str(os.getpid()), "name": rows[0]["name"], "buffers": "1",
-                     "size": str(3 * PAGE), "pss": str(3 * PAGE)}]
+    assert rows == [
+        {"pid": str(os.getpid()), "name": rows[0]["name"], "buffers": "1", "size": str(3 * PAGE), "pss": str(3 * PAGE)}
+    ]
     out = run("ps", "--csv", "--buffers", "--name", "cli*")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     mine = [r for r in rows if r["pid"] == str(os.getpid())]
-    assert mine == [{"inode": str(named.info().inode), "size": str(3 * PAGE),
-                     "exporter": mine[0]["exporter"], "name": "cli\ntest", "pid": str(os.getpid()),
-                     "fds": "1", "maps": "0"}]
+    assert mine == [
+        {
+            "inode": str(named.info().inode),
+            "size": str(3 * PAGE),
+            "exporter": mine[0]["exporter"],
+            "name": "cli\ntest",
+            "pid": str(os.getpid()),
+            "fds": "1",
+            "maps": "0",
+        }
+    ]
 
 
 def test_ps_json_schema(named: pydmabuf.Buffer) -> None:
@@ -136,6 +149,7 @@ def test_ps_json_schema(named: pydmabuf.Buffer) -> None:
 
 # --- top -----------------------------------------------------------------------------
 
+
 def test_top_iterations(named: pydmabuf.Buffer) -> None:
     out = run("top", "-n", "2", "-d", "0.05", "--pid", str(os.getpid()))
     assert out.returncode == 0, out.stderr
@@ -145,8 +159,13 @@ def test_top_iterations(named: pydmabuf.Buffer) -> None:
 
 def test_top_stops_on_interrupt() -> None:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pydmabuf", "top", "-d", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pydmabuf", "top", "-d", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         assert proc.stdout.readline().startswith("pydmabuf top - ")
@@ -206,8 +225,14 @@ def test_info_unprivileged_suggests_fixes() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to start a child that drops to uid 65534")
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    out = subprocess.run([sys.executable, CHILD, "nobody-info"], capture_output=True, text=True,
-                         timeout=300, env=env, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, CHILD, "nobody-info"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["code"] == 0

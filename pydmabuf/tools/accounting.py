@@ -91,14 +91,16 @@ class Snapshot:
         rows = [ExporterTotal(name, n, size) for name, (n, size) in totals.items()]
         return sorted(rows, key=lambda r: (-r.size, r.exporter))
 
-    def filter(self, *, pids: Iterable[int] | None = None, name: str | None = None,
-               exporter: str | None = None) -> Snapshot:
+    def filter(
+        self, *, pids: Iterable[int] | None = None, name: str | None = None, exporter: str | None = None
+    ) -> Snapshot:
         """Buffers matching every given filter (``name`` is a shell glob on the
         buffer name), and the processes recomputed over them. PSS still divides by
         all holders, so shares stay true to the whole system."""
         wanted = set(pids) if pids is not None else None
         kept = [
-            b for b in self.buffers
+            b
+            for b in self.buffers
             if (exporter is None or b.exporter == exporter)
             and (name is None or fnmatch.fnmatchcase(b.name or "", name))
             and (wanted is None or any(h.pid in wanted for h in b.holders))
@@ -160,8 +162,9 @@ def _processes(buffers: list[BufferUsage], names: dict[int, str]) -> list[Proces
             entry[0] += 1
             entry[1] += buf.size
             entry[2] += share
-    rows = [ProcessUsage(pid, names.get(pid) or _process_name(pid), n, size, pss)
-            for pid, (n, size, pss) in acc.items()]
+    rows = [
+        ProcessUsage(pid, names.get(pid) or _process_name(pid), n, size, pss) for pid, (n, size, pss) in acc.items()
+    ]
     return sorted(rows, key=lambda p: (-p.pss, -p.size, p.pid))
 
 
@@ -238,7 +241,7 @@ def _scan_maps(pid: int, maps: bytes, found: dict[_Key, _Found]) -> None:
         while at >= 0:
             start = maps.rfind(b"\n", 0, at) + 1
             end = maps.find(b"\n", at)
-            line = maps[start:end if end >= 0 else len(maps)]
+            line = maps[start : end if end >= 0 else len(maps)]
             at = maps.find(marker, end) if end >= 0 else -1
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith(marker):
@@ -303,8 +306,7 @@ def _finish(key: _Key, f: _Found) -> BufferUsage:
             except OSError:
                 if not key[0]:
                     f.exporter = FALLBACK_EXPORTER
-    holders = [Holder(pid, f.fds.get(pid, 0), f.maps.get(pid, 0))
-               for pid in sorted(f.fds.keys() | f.maps.keys())]
+    holders = [Holder(pid, f.fds.get(pid, 0), f.maps.get(pid, 0)) for pid in sorted(f.fds.keys() | f.maps.keys())]
     return BufferUsage(key[1], f.size, f.exporter, f.name, holders)
 
 
@@ -316,6 +318,7 @@ def _xattr_name(path: str) -> str | None:
 
 
 # --- leaks in this process ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Leak:
@@ -330,10 +333,17 @@ class Leak:
 
 class _PyBuffer(ctypes.Structure):
     _fields_ = [
-        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
     ]
 
 

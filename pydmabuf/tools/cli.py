@@ -42,9 +42,14 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     yes_no = {True: "yes", False: "no", None: "unknown"}
     print(f"backend:  {report.backend}")
-    print("path:     " + ("compiled (the hot calls and the fd holder in C: pydmabuf.uapi._fastops, _fdcore)"
-                          if report.compiled else
-                          "pure Python (no compiled path: built without a C compiler, or PYDMABUF_PURE=1)"))
+    print(
+        "path:     "
+        + (
+            "compiled (the hot calls and the fd holder in C: pydmabuf.uapi._fastops, _fdcore)"
+            if report.compiled
+            else "pure Python (no compiled path: built without a C compiler, or PYDMABUF_PURE=1)"
+        )
+    )
     print(f"kernel:   {report.kernel} ({report.machine})")
     for heap in report.heaps:
         print(f"heap:     {heap.name}: {'usable' if heap.usable else heap.problem}")
@@ -74,16 +79,19 @@ COMMANDS: dict[str, Command] = {
     "info": Command("backend, kernel, heaps, udmabuf and feature probes", _info_args, _info),
     "ps": Command("dma-bufs per process (largest first) and per exporter", ps_args, ps),
     "top": Command("the ps table, refreshed every few seconds until interrupted", top_args, top),
-    "demo": Command("share frames with fences from a producer process to a consumer process",
-                    demo.add_arguments, demo.run),
+    "demo": Command(
+        "share frames with fences from a producer process to a consumer process", demo.add_arguments, demo.run
+    ),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="pydmabuf", description="Linux dma-buf tools",
+        prog="pydmabuf",
+        description="Linux dma-buf tools",
         epilog="exit status: 0 success, 1 failure (reason on stderr), 2 usage error. "
-               "'pydmabuf COMMAND --help' describes each command.")
+        "'pydmabuf COMMAND --help' describes each command.",
+    )
     parser.add_argument("--version", action="version", version=f"pydmabuf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
@@ -91,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"pydmabuf: error: a command is required ({', '.join(COMMANDS)}); "
-              "see 'pydmabuf --help'", file=sys.stderr)
+        print(f"pydmabuf: error: a command is required ({', '.join(COMMANDS)}); see 'pydmabuf --help'", file=sys.stderr)
         return 2
     try:
         return COMMANDS[args.command].run(args)

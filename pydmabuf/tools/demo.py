@@ -72,13 +72,19 @@ def _consume(address: str) -> int:
                     bad += 1
                     print(f"consumer: frame {frame.seq}: checksum MISMATCH", flush=True)
                 elif frame.seq <= 3:
-                    print(f"consumer: frame {frame.seq}: {frame.buffer.size} bytes, "
-                          f"fence {'waited' if frame.fence else 'none'}, crc32 {crc:08x} ok", flush=True)
+                    print(
+                        f"consumer: frame {frame.seq}: {frame.buffer.size} bytes, "
+                        f"fence {'waited' if frame.fence else 'none'}, crc32 {crc:08x} ok",
+                        flush=True,
+                    )
                 frames += 1
                 nbytes += frame.buffer.size
         dt = time.monotonic() - t0
-        print(f"consumer: {consumer.end_reason}; {frames} frames ({fenced} fenced), "
-              f"{bad} checksum mismatches, {nbytes / dt / 2**20:.0f} MiB/s checksummed", flush=True)
+        print(
+            f"consumer: {consumer.end_reason}; {frames} frames ({fenced} fenced), "
+            f"{bad} checksum mismatches, {nbytes / dt / 2**20:.0f} MiB/s checksummed",
+            flush=True,
+        )
     return 1 if bad or frames == 0 else 0
 
 
@@ -103,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     except UnsupportedError as exc:
         timeline = None
         print(f"producer: no fence source here ({exc}); frames go without fences")
-    print(f"producer: backend {get_backend().name}, {args.buffers} x {buffers[0].size} bytes from {what}"
-          + (f", fences from a {timeline.kind} timeline" if timeline else ""), flush=True)
+    print(
+        f"producer: backend {get_backend().name}, {args.buffers} x {buffers[0].size} bytes from {what}"
+        + (f", fences from a {timeline.kind} timeline" if timeline else ""),
+        flush=True,
+    )
     child: subprocess.Popen[bytes] | None = None
     status = 1
     try:
@@ -135,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         if timeline is not None:
             timeline.close()
     size = buffers[0].size
-    print(f"throughput: {args.frames / dt:.0f} frames/s, {args.frames * size / dt / 2**20:.0f} MiB/s "
-          f"({size} byte frames, producer checksums, consumer waits, maps, checksums, releases)")
+    print(
+        f"throughput: {args.frames / dt:.0f} frames/s, {args.frames * size / dt / 2**20:.0f} MiB/s "
+        f"({size} byte frames, producer checksums, consumer waits, maps, checksums, releases)"
+    )
     return status

@@ -81,8 +81,7 @@ def _device(name: str, path: str, flags: int, permission_fix: str) -> Device:
         os.close(os.open(path, flags | os.O_CLOEXEC))
     except OSError as exc:
         denied = exc.errno in (E.EACCES, E.EPERM)
-        return Device(name, path, False, f"cannot open {path}: {exc.strerror}",
-                      permission_fix if denied else None)
+        return Device(name, path, False, f"cannot open {path}: {exc.strerror}", permission_fix if denied else None)
     return Device(name, path, True)
 
 
@@ -97,8 +96,7 @@ def probe() -> Report:
 
     report = Report(backend=backend, compiled=compiled, kernel=platform.release(), machine=platform.machine())
     names = sorted(os.listdir(HEAP_DIR)) if os.path.isdir(HEAP_DIR) else []
-    report.heaps = [_device(n, os.path.join(HEAP_DIR, n), os.O_RDONLY, HEAP_PERMISSION_HINT)
-                    for n in names]
+    report.heaps = [_device(n, os.path.join(HEAP_DIR, n), os.O_RDONLY, HEAP_PERMISSION_HINT) for n in names]
     if os.path.exists(UDMABUF_DEV):
         report.udmabuf = _device("udmabuf", UDMABUF_DEV, os.O_RDWR, UDMABUF_PERMISSION_HINT)
     report.udmabuf_size_limit_mb = _read_int(f"{UDMABUF_PARAMS}/size_limit_mb")
@@ -182,17 +180,17 @@ def _sync_file_features(report: Report) -> list[Feature]:
     buf, source = found
     sync: list[int] = []
     try:
+
         def export() -> None:
             sync.append(_ops.dma_buf_export_sync_file(buf, 1))  # DMA_BUF_SYNC_READ
 
         features = [_try(names[0], f"DMA_BUF_IOCTL_EXPORT_SYNC_FILE on a {source} buffer", export)]
         if not sync:
-            return [*features, *(Feature(n, None, "needs a sync_file from EXPORT_SYNC_FILE")
-                                 for n in names[1:])]
-        features.append(_try(names[1], "DMA_BUF_IOCTL_IMPORT_SYNC_FILE",
-                             lambda: _ops.dma_buf_import_sync_file(buf, sync[0], 1)))
-        features.append(_try(names[2], "SYNC_IOC_SET_DEADLINE",
-                             lambda: _ops.sync_set_deadline(sync[0], 0)))
+            return [*features, *(Feature(n, None, "needs a sync_file from EXPORT_SYNC_FILE") for n in names[1:])]
+        features.append(
+            _try(names[1], "DMA_BUF_IOCTL_IMPORT_SYNC_FILE", lambda: _ops.dma_buf_import_sync_file(buf, sync[0], 1))
+        )
+        features.append(_try(names[2], "SYNC_IOC_SET_DEADLINE", lambda: _ops.sync_set_deadline(sync[0], 0)))
         return features
     finally:
         for fd in (*sync, buf):
@@ -217,8 +215,7 @@ def _sw_sync() -> Feature:
     if not os.path.exists(SW_SYNC):
         if os.path.ismount("/sys/kernel/debug"):
             return Feature("sw_sync", False, f"{SW_SYNC} absent: kernel without CONFIG_SW_SYNC")
-        return Feature("sw_sync", False, f"{SW_SYNC} absent: debugfs not mounted (or no access)",
-                       DEBUGFS_HINT)
+        return Feature("sw_sync", False, f"{SW_SYNC} absent: debugfs not mounted (or no access)", DEBUGFS_HINT)
 
     feature = _try("sw_sync", f"a fence from {SW_SYNC}", _one_fence(SwSyncTimeline))
     if not feature.supported and "ermission" in feature.detail:

@@ -44,13 +44,18 @@ def printable(name: str | None) -> str:
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--buffers", action="store_true",
-                        help="one row per buffer with its holders, instead of per process")
-    parser.add_argument("-p", "--pid", type=int, action="append", metavar="PID",
-                        help="only buffers held by PID (repeatable)")
+    parser.add_argument(
+        "--buffers", action="store_true", help="one row per buffer with its holders, instead of per process"
+    )
+    parser.add_argument(
+        "-p", "--pid", type=int, action="append", metavar="PID", help="only buffers held by PID (repeatable)"
+    )
     parser.add_argument("--name", metavar="GLOB", help="only buffers whose name matches GLOB")
-    parser.add_argument("--exporter", metavar="NAME",
-                        help="only buffers of this exporter (system, udmabuf, drm, pydmabuf-fallback, ...)")
+    parser.add_argument(
+        "--exporter",
+        metavar="NAME",
+        help="only buffers of this exporter (system, udmabuf, drm, pydmabuf-fallback, ...)",
+    )
 
 
 def ps_args(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +67,12 @@ def ps_args(parser: argparse.ArgumentParser) -> None:
 
 def top_args(parser: argparse.ArgumentParser) -> None:
     add_filters(parser)
-    parser.add_argument("-d", "--delay", type=float, default=2.0, metavar="SECONDS",
-                        help="seconds between refreshes (default: 2)")
-    parser.add_argument("-n", "--iterations", type=int, metavar="N",
-                        help="stop after N refreshes (default: until interrupted)")
+    parser.add_argument(
+        "-d", "--delay", type=float, default=2.0, metavar="SECONDS", help="seconds between refreshes (default: 2)"
+    )
+    parser.add_argument(
+        "-n", "--iterations", type=int, metavar="N", help="stop after N refreshes (default: until interrupted)"
+    )
 
 
 def _take(args: argparse.Namespace) -> Snapshot:
@@ -89,8 +96,11 @@ def _missing_pids(args: argparse.Namespace) -> int:
 def _warn_unreadable(snap: Snapshot, command: str) -> None:
     if snap.unreadable:
         fix = " (run as root to see them)" if os.geteuid() else ""
-        print(f"pydmabuf {command}: {snap.unreadable} of {snap.scanned} processes could not be read; "
-              f"their buffers are missing{fix}", file=sys.stderr)
+        print(
+            f"pydmabuf {command}: {snap.unreadable} of {snap.scanned} processes could not be read; "
+            f"their buffers are missing{fix}",
+            file=sys.stderr,
+        )
 
 
 def ps(args: argparse.Namespace) -> int:
@@ -124,12 +134,15 @@ def top(args: argparse.Namespace) -> int:
                 time.sleep(args.delay)
             snap = _take(args)
             total = sum(b.size for b in snap.buffers)
-            head = (f"pydmabuf top - {time.strftime('%H:%M:%S')}: {len(snap.buffers)} buffers, "
-                    f"{human(total)}, {len(snap.processes)} processes")
+            head = (
+                f"pydmabuf top - {time.strftime('%H:%M:%S')}: {len(snap.buffers)} buffers, "
+                f"{human(total)}, {len(snap.processes)} processes"
+            )
             if snap.unreadable:
                 head += f", {snap.unreadable} unreadable"
-            sys.stdout.write(("\x1b[H\x1b[2J" if clear else "\n" if frame else "")
-                             + head + "\n\n" + table(snap, args.buffers))
+            sys.stdout.write(
+                ("\x1b[H\x1b[2J" if clear else "\n" if frame else "") + head + "\n\n" + table(snap, args.buffers)
+            )
             sys.stdout.flush()
             frame += 1
     except KeyboardInterrupt:
@@ -143,13 +156,11 @@ def table(snap: Snapshot, buffers: bool) -> str:
         lines.append(f"{'INODE':>8} {'SIZE':>10}  {'EXPORTER':<18} {'NAME':<20} HOLDERS pid(fds/maps)")
         for b in snap.buffers:
             holders = " ".join(f"{h.pid}({h.fds}/{h.maps})" for h in b.holders)
-            lines.append(f"{b.inode:>8} {human(b.size):>10}  {b.exporter or '?':<18} "
-                         f"{printable(b.name):<20} {holders}")
+            lines.append(f"{b.inode:>8} {human(b.size):>10}  {b.exporter or '?':<18} {printable(b.name):<20} {holders}")
     else:
         lines.append(f"{'PID':>8} {'COMMAND':<16} {'BUFS':>5} {'SIZE':>10} {'PSS':>10}")
         for p in snap.processes:
-            lines.append(f"{p.pid:>8} {p.name[:16]:<16} {p.buffers:>5} "
-                         f"{human(p.size):>10} {human(p.pss):>10}")
+            lines.append(f"{p.pid:>8} {p.name[:16]:<16} {p.buffers:>5} {human(p.size):>10} {human(p.pss):>10}")
     lines.append("")
     lines.append(f"{'EXPORTER':<20} {'BUFS':>5} {'SIZE':>10}")
     for e in snap.exporters:
