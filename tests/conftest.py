@@ -108,3 +108,17 @@ def timeline() -> Iterator[pydmabuf.Timeline]:
         pytest.skip(TIMELINE_MISSING)
     with pydmabuf.Timeline() as tl:
         yield tl
+
+
+# vivid's capture nodes have one buffer queue each (a second streamer gets EBUSY), so
+# the tests that stream from them share one worker when the real-kernel tier runs the
+# guest suite in parallel (pytest-xdist's --dist loadgroup; without xdist, a no-op).
+_V4L2_FILES = ("tests/test_v4l2_capture.py", "tests/test_foreign.py")
+_V4L2_EXAMPLES = ("[v4l2_capture.py]", "[gstreamer_v4l2src.py]")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path.endswith(_V4L2_FILES) or item.nodeid.endswith(_V4L2_EXAMPLES):
+            item.add_marker(pytest.mark.xdist_group("v4l2"))

@@ -33,6 +33,7 @@ NEVER = (
     "pydmabuf.aio",
     "pydmabuf.cuda",
     "pydmabuf.tools.accounting",
+    "pydmabuf.vm",  # the QEMU tooling ships in the wheel as a sub-package, imported only when asked for
     "multiprocessing",  # pickling support registers when multiprocessing first pickles one
     "dataclasses",  # and with it inspect, ast, dis: ~9 ms for the info records
     "inspect",

@@ -8,24 +8,36 @@ passes only if that run passes.  A second, short boot removes the allocator
 nodes first and runs ``tests/test_foreign.py`` with default settings: drivers'
 dma-bufs on a machine without heaps or udmabuf.  See :mod:`pydmabuf.vm`.
 
+The guest's pytest output streams into this run's output as it happens (its
+progress lines, then its summary), and into a log file named at the end.  The
+guest suite runs on every guest CPU (pytest-xdist, one worker per CPU: the guest
+has as many CPUs as the host, see ``PYDMABUF_VM_CPUS``), each test under its own
+limit (pytest-timeout); a guest is killed only when it prints nothing for a long
+while (hung), or at an overall limit scaled to the number of tests that is there
+for a runaway, not for a slow machine.
+
 Environment:
-  CI=true                  a VM that cannot run here fails the test (else: skip)
-  PYDMABUF_VM_MIN_PASSED   guest tests that must pass (default 40)
-  PYDMABUF_VM_TIMEOUT      seconds before the guest is killed (default 2400: the guest suite
-                           takes 7-9 min under TCG on an idle 2-core machine; the limit is
-                           there for a hung guest, so it leaves room for a loaded machine)
-  PYDMABUF_VM_KERNEL/_MODULES  boot this kernel instead of Debian's
+  CI=true                       a VM that cannot run here fails the test (else: skip)
+  PYDMABUF_VM_MIN_PASSED        guest tests that must pass (default 40)
+  PYDMABUF_VM_TEST_TIMEOUT      seconds one guest test may take (default 600; the slowest
+                                takes about 60 s on an idle 2-core machine under TCG)
+  PYDMABUF_VM_TIMEOUT           the overall limit in seconds (default: 900 + 3 s per test)
+  PYDMABUF_VM_KERNEL/_MODULES   boot this kernel instead of Debian's
+  PYDMABUF_VM_CPUS/_MEMORY/_ACCEL  the guest (see pydmabuf.vm)
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import pytest
 
@@ -107,6 +119,38 @@ def _show(config: pytest.Config, lines: list[str]) -> None:
         config.pluginmanager.register(_TerminalReport(lines), name)
 
 
+class _Progress(io.TextIOBase):
+    """The guest's console, copied whole to the log and line by line to this run's
+    terminal as it arrives (past pytest's output capture), so a long tier shows
+    where it is instead of sitting silent on one test."""
+
+    def __init__(self, log: TextIO, config: pytest.Config, prefix: str) -> None:
+        self.log, self.config, self.prefix, self.pending = log, config, prefix, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        *lines, self.pending = (self.pending + text).split("\n")
+        if lines:
+            self._show(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _show(self, lines: list[str]) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        paused = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+        with paused:
+            for line in lines:
+                reporter.write_line(f"{self.prefix}{line.rstrip()}")
+
+
 def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -130,17 +174,31 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
     # skips; --durations: the log says where the emulated minutes went.
     argv = [sys.executable, "-m", "pytest", str(REPO / "tests"), "-p", "no:cacheprovider", "-q", "-rfEs"]
     argv += ["--durations=15"]
+    workers = vm.guest_cpus() if importlib.util.find_spec("xdist") else 1
+    if workers > 1:  # the V4L2 tests share one worker: tests/conftest.py
+        argv += ["-n", str(workers), "--dist", "loadgroup"]
+    per_test = float(os.environ.get("PYDMABUF_VM_TEST_TIMEOUT", "600"))
+    if importlib.util.find_spec("pytest_timeout"):
+        # thread: some tests use SIGALRM themselves; a test past its limit has its
+        # stacks printed and its worker replaced (xdist), and the run goes on.
+        argv += ["--timeout", f"{per_test:g}", "--timeout-method", "thread"]
     # The checkout is read-only in the guest: no bytecode, no cache; TMPDIR
     # and HOME default to the guest's tmpfs.
     env = {"PYDMABUF_BACKEND": "kernel", "PYDMABUF_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     if pydmabuf.compiled:  # the guest runs the same checkout: compiled there too (tests/test_compiled.py)
         env["PYDMABUF_EXPECT_COMPILED"] = "1"
-    timeout = float(os.environ.get("PYDMABUF_VM_TIMEOUT", "2400"))
+    # The host collected the same tests (at least this many: a -k run collects fewer).
+    tests = max(len(request.session.items), 1000)
+    timeout = float(os.environ.get("PYDMABUF_VM_TIMEOUT", str(900 + 3 * tests)))
+    plan = f"{workers} worker{'s' if workers > 1 else ''}, {per_test:g} s per test, {timeout:.0f} s in all"
     # Its own file per run (runs may overlap), kept with pytest's recent temp dirs.
     log_path = tmp_path_factory.mktemp("real-kernel") / "guest.log"
     with log_path.open("w") as log:
-        log.write(f"# pydmabuf real-kernel tier, kernel {kernel}\n# {' '.join(argv)}\n")
+        log.write(f"# pydmabuf real-kernel tier, kernel {kernel}, {plan}\n# {' '.join(argv)}\n")
         log.flush()
+        progress = _Progress(log, request.config, "guest| ")
+        progress.write(f"real-kernel tier: booting {kernel} ({plan}); the guest suite takes about 5 min on an "
+                       f"idle 2-core machine, full log {log_path}\n")
         # The guest sees a copy of the checkout taken now: edits made while
         # the tier runs neither leak into it nor show up torn.
         result = vm.run(
@@ -148,8 +206,9 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
             env=env,
             cwd=str(REPO),
             timeout=timeout,
+            idle_timeout=per_test + 300,
             kernel=kernel,
-            stream=log,
+            stream=progress,
             live_dirs=[],
             snapshot_dirs=[str(REPO)],
         )
@@ -164,7 +223,7 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
         _show(
             request.config,
             [
-                f"real-kernel tier: {_describe(counts, seconds, result)}",
+                f"real-kernel tier ({plan}; accelerator {result.accel}): {_describe(counts, seconds, result)}",
                 *summary_lines(result.output, "SKIPPED"),
                 where,
             ],
@@ -217,7 +276,8 @@ def test_foreign_buffers_without_allocator_nodes(
         log.write(f"# pydmabuf real-kernel tier, no allocator nodes, kernel {kernel}\n# {script}\n")
         log.flush()
         result = vm.run(["sh", "-c", script], env=env, cwd=str(REPO), timeout=FOREIGN_TIMEOUT, kernel=kernel,
-                        stream=log, live_dirs=[], snapshot_dirs=[str(REPO)])
+                        stream=_Progress(log, request.config, "guest (no allocators)| "), live_dirs=[],
+                        snapshot_dirs=[str(REPO)])
         log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
 
     where = f"full guest output: {log_path}"
@@ -271,8 +331,8 @@ def test_real_consumers(request: pytest.FixtureRequest, tmp_path_factory: pytest
         log.write(f"# pydmabuf real-kernel tier, consumer root {root} ({versions}), kernel {kernel}\n"
                   f"# {' '.join(argv)}\n")
         log.flush()
-        result = vm.run(argv, env=env, cwd=str(REPO), timeout=CONSUMER_TIMEOUT, kernel=kernel, stream=log,
-                        consumers=True)
+        result = vm.run(argv, env=env, cwd=str(REPO), timeout=CONSUMER_TIMEOUT, kernel=kernel,
+                        stream=_Progress(log, request.config, "guest (consumers)| "), consumers=True)
         log.write(f"\n# exit {result.returncode}, error: {result.error}\n")
 
     where = f"full guest output: {log_path}"
@@ -383,3 +443,140 @@ def test_check_never_downloads(tmp_path: Path) -> None:
     if "available: yes" in out.stdout:
         assert out.returncode == 0 and "none cached" in out.stdout and "fetch" in out.stdout, out.stdout
     assert not any((tmp_path / "pydmabuf").rglob("*.deb")) and not (tmp_path / "pydmabuf" / "kernel").exists()
+
+
+class _Watch:
+    """A console stand-in for qemu.boot: booted at the first output, never finished."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @property
+    def booted(self) -> bool:
+        return bool(self.text)
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def feed(self, text: str) -> None:
+        self.text += text
+
+
+def test_a_silent_guest_is_killed_at_the_idle_limit_and_a_chatty_one_is_not() -> None:
+    import time
+
+    from pydmabuf.vm import qemu
+
+    # A process stands in for QEMU: what boot() supervises is its output.
+    started = time.monotonic()
+    silent = qemu.boot(["sh", "-c", "echo up; exec sleep 60"], _Watch(), timeout=60, boot_timeout=30, idle_timeout=1)
+    assert silent.stalled and not silent.timed_out and silent.exit_status is None
+    assert time.monotonic() - started < 30
+    watch = _Watch()
+    chatty = qemu.boot(["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.4; done"], watch, timeout=60,
+                       boot_timeout=30, idle_timeout=1.5)
+    assert not chatty.stalled and chatty.exit_status == 0 and watch.text.split() == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_the_accelerator_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydmabuf.vm import accel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for value, expected in (("", "auto"), ("KVM", "kvm"), ("tcg", "tcg"), ("auto", "auto")):
+        monkeypatch.setenv("PYDMABUF_VM_ACCEL", value)
+        assert accel.requested() == expected
+    monkeypatch.setenv("PYDMABUF_VM_ACCEL", "hvf")
+    with pytest.raises(ValueError, match="auto, kvm, tcg"):
+        accel.requested()
+    monkeypatch.setenv("PYDMABUF_VM_ACCEL", "tcg")
+    assert vm.choose_accel().name == "tcg"  # asked for: no probe, no /dev/kvm needed
+    # A probe's answer is remembered per host kernel, QEMU binary and guest kernel.
+    key = accel.cache_key(sys.executable, "6.12.0-test")
+    assert accel.recall(key) is None
+    accel.remember(key, accel.Accel("tcg", "software emulation: a probe boot under KVM failed (hung)"))
+    again = accel.recall(key)
+    assert again is not None and again.name == "tcg" and "probe boot under KVM failed" in again.why
+    assert accel.recall(accel.cache_key(sys.executable, "6.13.0-other")) is None
+    (tmp_path / "pydmabuf" / "accel.json").write_text("not json")
+    assert accel.recall(key) is None  # a damaged cache means probing again, not a crash
+
+
+def test_guest_size_follows_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYDMABUF_VM_CPUS", raising=False)
+    monkeypatch.delenv("PYDMABUF_VM_MEMORY", raising=False)
+    assert vm.guest_cpus() == min(len(os.sched_getaffinity(0)), 8)
+    assert vm.guest_memory(2) == "2048M" and vm.guest_memory(8) == "4096M"
+    monkeypatch.setenv("PYDMABUF_VM_CPUS", "3")
+    monkeypatch.setenv("PYDMABUF_VM_MEMORY", "3G")
+    assert (vm.guest_cpus(), vm.guest_memory(3)) == (3, "3G")
+
+
+def test_progress_reaches_the_terminal_past_capture(tmp_path: Path) -> None:
+    # The tier's guest output must show while the test runs, even with capture on.
+    (tmp_path / "test_inner.py").write_text(
+        "import io, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from test_real_kernel import _Progress\n"
+        "def test_stream(request):\n"
+        "    log = io.StringIO()\n"
+        "    p = _Progress(log, request.config, 'guest| ')\n"
+        "    p.write('tests/test_a.py ..')\n"
+        "    p.write('..  [ 50%]\\nhalf')\n"
+        "    assert log.getvalue() == 'tests/test_a.py ....  [ 50%]\\nhalf'\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "guest| tests/test_a.py ....  [ 50%]" in lines, done.stdout
+    assert "guest| half" not in done.stdout  # a partial line waits for its end
+
+
+def test_the_debian_archive_on_debian_and_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydmabuf.vm import debian
+
+    monkeypatch.delenv("PYDMABUF_VM_DEBIAN_URI", raising=False)
+    keyring = tmp_path / "debian-archive-keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setenv("PYDMABUF_VM_DEBIAN_KEYRING", str(keyring))
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list.d" / "x.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/ubuntu/\nSuites: noble noble-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg\n"
+    )
+    release = tmp_path / "os-release"
+    release.write_text('NAME="Ubuntu"\nID=ubuntu\nID_LIKE=debian\n')
+    # Ubuntu's archive and keys would be asked for trixie: Debian's own instead.
+    assert debian.host_archive(apt, release) == debian.ArchiveSource(debian.DEBIAN_URI, str(keyring))
+    release.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n')
+    assert debian.host_archive(apt, release).uri == "http://mirror.example/ubuntu"  # a Debian host's own mirror
+    monkeypatch.setenv("PYDMABUF_VM_DEBIAN_URI", "http://proxy.example:3142/debian/")
+    assert debian.host_archive(apt, release).uri == "http://proxy.example:3142/debian"
+    monkeypatch.setenv("PYDMABUF_VM_DEBIAN_KEYRING", str(tmp_path / "missing.gpg"))
+    with pytest.raises(debian.AptError, match="apt-get install debian-archive-keyring"):
+        debian.host_archive(apt, release)
+
+
+def test_download_progress_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from pydmabuf.vm import progress
+
+    assert progress.describe(41_900_000, 104_800_000, 5.0) == (
+        "41.9 MB of 104.8 MB  40% [#########...............]  8.4 MB/s, 8 s left"
+    )
+    assert progress.describe(5_000_000, None, 2.0) == "5.0 MB  2.5 MB/s"  # no size known: no bar
+    # In a log, a line per LOG_EVERY seconds and one at the end, not one per update.
+    clock = iter([0.0, 1.0, 2.0, 6.0, 7.0, 8.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()
+    meter = progress.Meter(log, "kernel", 4_000_000)
+    for done in (1_000_000, 2_000_000, 3_000_000, 4_000_000):
+        meter.update(done)
+    meter.finish()
+    assert log.getvalue().splitlines() == [
+        "kernel 3.0 MB of 4.0 MB  75% [##################......]  0.5 MB/s, 2 s left",
+        "kernel 4.0 MB of 4.0 MB 100% [########################]  0.5 MB/s, done",
+    ]

@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 
-from . import available, ensure_kernel, run
+from . import accel, available, ensure_kernel, run
 from .consumers import ConsumerRootError, ensure_root, versions
-from .kernel import KernelError, cached_kernel
-from .runner import STATUS_VM_FAILED, VMError
+from .host import find_qemu
+from .kernel import Kernel, KernelError, cached_kernel
+from .runner import STATUS_VM_FAILED, VMError, guest_cpus, guest_memory
 
 _PROBE = 'uname -r; ls -l /dev/udmabuf /dev/dma_heap/ /dev/dri/; python3 -c "import sys; print(sys.version)"'
 
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                     return 1 if args.boot else 0
                 kernel = found
             print(f"kernel: {kernel}")
+            print(f"guest: {guest_cpus()} CPUs, {guest_memory(guest_cpus())} memory")
             if not args.boot:
+                print(f"accelerator: {_accel_guess(kernel)}")
                 return 0
             command = ["sh", "-c", _PROBE]
             return _report(run(command, kernel=kernel, timeout=300, stream=sys.stdout))
@@ -137,12 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _accel_guess(kernel: Kernel) -> str:
+    """What run() would use, without booting a probe (check without --boot boots nothing)."""
+    wanted = accel.requested()
+    if wanted != "auto":
+        return f"{wanted} (PYDMABUF_VM_ACCEL={wanted})"
+    problem = accel.kvm_problem()
+    if problem is not None:
+        return f"tcg (software emulation: {problem})"
+    qemu = find_qemu()
+    known = accel.recall(accel.cache_key(qemu, kernel.release)) if qemu else None
+    return str(known) if known else "kvm if a short probe boot under KVM works, else tcg (decided on the first run)"
+
+
 def _report(result: object) -> int:
     from .runner import VMResult
 
     assert isinstance(result, VMResult)
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "n/a"
-    summary = f"pydmabuf.vm: exit {result.returncode}, boot {boot}, total {result.total_seconds:.1f}s"
+    summary = f"pydmabuf.vm: exit {result.returncode}, boot {boot}, total {result.total_seconds:.1f}s, {result.accel}"
     if result.error:
         summary += f": {result.error}"
     print(summary, file=sys.stderr)

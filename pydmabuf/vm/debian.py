@@ -1,22 +1,35 @@
 """Download one Debian package through a private apt configuration.
 
-The host's apt already knows a reachable Debian archive (a mirror, a proxy or
-a snapshot).  We reuse that URI with another suite, but keep every piece of
-apt state (lists, cache, sources) in our own directory, so the host's package
-database is never touched and no mirror host is hard-coded here.
+On a Debian host, apt already knows a reachable Debian archive (a mirror, a
+proxy or a snapshot).  We reuse that URI with another suite, but keep every
+piece of apt state (lists, cache, sources) in our own directory, so the host's
+package database is never touched.  Any other host (Ubuntu, Mint, ...) has its
+own distribution's archive and keys there, which do not serve Debian's suites:
+it gets Debian's own archive (:data:`DEBIAN_URI`) checked with Debian's keyring
+(the ``debian-archive-keyring`` package, which Ubuntu has too).
+
+``PYDMABUF_VM_DEBIAN_URI`` (a mirror, a proxy) and ``PYDMABUF_VM_DEBIAN_KEYRING``
+override both choices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
+
+from .progress import Meter
 
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEBIAN_URI = "http://deb.debian.org/debian"
 _APT_ETC = Path("/etc/apt")
+_OS_RELEASE = Path("/etc/os-release")
 
 
 class AptError(RuntimeError):
@@ -29,16 +42,41 @@ class ArchiveSource:
     keyring: str
 
 
-def host_archive() -> ArchiveSource:
-    """The main Debian archive the host's apt is configured with.
+def host_distribution(os_release: Path = _OS_RELEASE) -> str:
+    """The host's distribution ID from os-release (``debian``, ``ubuntu``, ...), or ``""``."""
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return ""
+    match = re.search(r"^ID=\"?([^\"\n]*)\"?$", text, re.M)
+    return match.group(1).strip().lower() if match else ""
 
-    ``PYDMABUF_VM_DEBIAN_URI`` overrides it (with the default keyring).
+
+def _keyring(path: str) -> str:
+    if not os.path.exists(path):
+        raise AptError(
+            f"no Debian archive keyring at {path}: install it (apt-get install debian-archive-keyring; "
+            "the package exists on Ubuntu too) or point PYDMABUF_VM_DEBIAN_KEYRING at one"
+        )
+    return path
+
+
+def host_archive(apt_etc: Path = _APT_ETC, os_release: Path = _OS_RELEASE) -> ArchiveSource:
+    """The Debian archive to fetch from, and the keyring that checks it.
+
+    ``PYDMABUF_VM_DEBIAN_URI`` (with ``PYDMABUF_VM_DEBIAN_KEYRING``, default
+    Debian's keyring), else on a Debian host the main archive its apt is configured
+    with, else Debian's own archive (:data:`DEBIAN_URI`) with Debian's keyring.
     """
+    keyring = os.environ.get("PYDMABUF_VM_DEBIAN_KEYRING")
     override = os.environ.get("PYDMABUF_VM_DEBIAN_URI")
     if override:
-        return ArchiveSource(override, DEFAULT_KEYRING)
-    candidates: list[Path] = [_APT_ETC / "sources.list.d" / "debian.sources", _APT_ETC / "sources.list"]
-    parts = _APT_ETC / "sources.list.d"
+        return ArchiveSource(override.rstrip("/"), _keyring(keyring or DEFAULT_KEYRING))
+    if host_distribution(os_release) != "debian":
+        # Another distribution's archive and keys would be asked for Debian's suites.
+        return ArchiveSource(DEBIAN_URI, _keyring(keyring or DEFAULT_KEYRING))
+    candidates: list[Path] = [apt_etc / "sources.list.d" / "debian.sources", apt_etc / "sources.list"]
+    parts = apt_etc / "sources.list.d"
     if parts.is_dir():
         candidates += sorted(p for p in parts.iterdir() if p.suffix in (".sources", ".list"))
     for path in candidates:
@@ -47,10 +85,10 @@ def host_archive() -> ArchiveSource:
         except OSError:
             continue
         parse = _parse_deb822 if path.suffix == ".sources" else _parse_one_line
-        for uri, suites, keyring in parse(text):
+        for uri, suites, signed_by in parse(text):
             if _is_main_archive(uri, suites):
-                return ArchiveSource(uri.rstrip("/"), keyring or DEFAULT_KEYRING)
-    raise AptError("no Debian archive URI found in /etc/apt/sources.list{,.d/*}; set PYDMABUF_VM_DEBIAN_URI")
+                return ArchiveSource(uri.rstrip("/"), keyring or signed_by or DEFAULT_KEYRING)
+    raise AptError(f"no Debian archive URI found in {apt_etc}/sources.list{{,.d/*}}; set PYDMABUF_VM_DEBIAN_URI")
 
 
 def _is_main_archive(uri: str, suites: list[str]) -> bool:
@@ -149,12 +187,46 @@ class PrivateApt:
             raise AptError(f"{exc}\n(apt-get update said: {self._last_update.strip() or 'nothing'})") from None
         return re.findall(r"^\s*\|?Depends:\s*(\S+)", out, re.MULTILINE)
 
-    def download(self, package: str, dest: Path) -> Path:
-        """Download ``package``'s .deb into ``dest`` and return its path."""
+    def download(self, package: str, dest: Path, progress: TextIO | None = None) -> Path:
+        """Download ``package``'s .deb into ``dest`` and return its path; with
+        ``progress``, report bytes, rate and time left there as it arrives."""
         dest.mkdir(parents=True, exist_ok=True)
         before = set(dest.glob("*.deb"))
-        self._run("apt-get", "-q", "download", package, cwd=dest)
+        if progress is None:
+            self._run("apt-get", "-q", "download", package, cwd=dest)
+        else:
+            self._download_showing(package, dest, progress)
         new = sorted(set(dest.glob("*.deb")) - before) or sorted(dest.glob(f"{package}_*.deb"))
         if not new:
             raise AptError(f"apt-get download {package} produced no .deb in {dest}")
         return new[-1]
+
+    def _download_showing(self, package: str, dest: Path, stream: TextIO) -> None:
+        # apt's own progress only shows on a terminal, and we capture its output; it
+        # writes the .deb under its final name as it arrives, and --print-uris says
+        # that name and the size: watch the file grow.
+        uris = self._run("apt-get", "-q", "download", "--print-uris", package, cwd=dest).stdout.split()
+        name, total = (uris[1], int(uris[2])) if len(uris) >= 3 and uris[2].isdigit() else (None, None)
+        cmd = ["apt-get", *self._options, "-q", "download", package]
+        meter = Meter(stream, f"pydmabuf.vm: {package}", total)
+        with tempfile.TemporaryFile("w+") as errors:
+            proc = subprocess.Popen(cmd, cwd=dest, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=0.5)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    with contextlib.suppress(OSError):
+                        meter.update((dest / name).stat().st_size if name else 0)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode != 0:
+                errors.seek(0)
+                raise AptError(f"apt-get download {package} failed ({proc.returncode}): {errors.read()[-2000:]}")
+        with contextlib.suppress(OSError):
+            meter.update((dest / name).stat().st_size if name else 0)
+        meter.finish()

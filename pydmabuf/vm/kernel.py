@@ -209,7 +209,7 @@ def _fetch_debian_kernel() -> Kernel:
             return cached
         print(f"pydmabuf.vm: downloading {package} (about 100 MB) ...", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=_kernels_dir(), prefix=".fetch-") as tmp:
-            deb = apt.download(package, Path(tmp))
+            deb = apt.download(package, Path(tmp), progress=sys.stderr)
             staging = Path(tmp) / release
             _unpack(deb, staging)
             target = _kernels_dir() / release

@@ -26,16 +26,18 @@ def command_line(
     cpus: int = 2,
     shares: tuple[tuple[str, str], ...] = (),
     root: str = "/",
+    accel: str = "tcg",
 ) -> list[str]:
     """QEMU's arguments; ``shares`` are extra read-only 9p exports (tag, host path);
-    ``root`` is the directory the guest runs in (the host's root by default)."""
+    ``root`` is the directory the guest runs in (the host's root by default);
+    ``accel`` is ``"kvm"`` or ``"tcg"`` (see :mod:`pydmabuf.vm.accel`)."""
     extra = []
     for tag, path in shares:
         path = path.replace(",", ",,")  # QEMU's escape for a comma in an option value
         extra += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,readonly=on,multidevs=remap"]
     return [
         qemu,
-        *_accelerator(),
+        *_accelerator(accel),
         "-m", memory,
         "-smp", str(cpus),
         # Serial console on stdio.  Not -nographic: that also turns on
@@ -57,11 +59,11 @@ def command_line(
     ]  # fmt: skip
 
 
-def _accelerator() -> list[str]:
-    # Software emulation by default: KVM on the machines this was built on
-    # rejects ordinary guest kernels.  PYDMABUF_VM_ACCEL=kvm opts in where it works.
-    if os.environ.get("PYDMABUF_VM_ACCEL", "tcg") == "kvm":
+def _accelerator(accel: str) -> list[str]:
+    if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
+    # Multi-threaded TCG: each guest CPU is a host thread, so the guest's parallel
+    # test workers really run in parallel.
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
@@ -85,6 +87,7 @@ class Boot:
     timed_out: bool  # killed at the overall timeout
     boot_timed_out: bool  # killed because the guest command never started
     seconds: float
+    stalled: bool = False  # killed because the running guest printed nothing for ``idle_timeout``
 
 
 def _die_with_parent() -> None:
@@ -95,18 +98,23 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def boot(cmd: list[str], console: Watcher, *, timeout: float, boot_timeout: float) -> Boot:
+def boot(
+    cmd: list[str], console: Watcher, *, timeout: float, boot_timeout: float, idle_timeout: float | None = None
+) -> Boot:
     """Run QEMU, feeding its console output to ``console`` as it arrives.
 
     QEMU is killed after ``timeout`` seconds, or after ``boot_timeout`` if the
-    guest command has not started by then, or :data:`POWEROFF_GRACE` seconds
-    after the guest reported its result; and in any case before this function
-    returns or raises (KeyboardInterrupt included).
+    guest command has not started by then, or once the started command has
+    printed nothing for ``idle_timeout`` seconds (a hung guest: a slow one keeps
+    printing), or :data:`POWEROFF_GRACE` seconds after the guest reported its
+    result; and in any case before this function returns or raises
+    (KeyboardInterrupt included).
     """
     start = time.monotonic()
     deadline = start + timeout
     boot_deadline = start + min(boot_timeout, timeout)
-    timed_out = boot_timed_out = False
+    last_output = start
+    timed_out = boot_timed_out = stalled = False
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -129,16 +137,20 @@ def boot(cmd: list[str], console: Watcher, *, timeout: float, boot_timeout: floa
                 if not console.booted and now >= boot_deadline:
                     boot_timed_out = True
                     break
+                if idle_timeout is not None and console.booted and now - last_output >= idle_timeout:
+                    stalled = True
+                    break
                 if not sel.select(min(deadline - now, 1.0)):
                     continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break  # QEMU closed its output: it is exiting
+                last_output = time.monotonic()
                 console.feed(decoder.decode(chunk))
                 if console.finished:
                     deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
         console.feed(decoder.decode(b"", final=True))
-        if not (timed_out or boot_timed_out):
+        if not (timed_out or boot_timed_out or stalled):
             try:
                 proc.wait(timeout=max(0.1, min(POWEROFF_GRACE, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
@@ -148,5 +160,5 @@ def boot(cmd: list[str], console: Watcher, *, timeout: float, boot_timeout: floa
             proc.kill()
         proc.wait()
         proc.stdout.close()
-    status = None if (timed_out or boot_timed_out) else proc.returncode
-    return Boot(status, timed_out, boot_timed_out, time.monotonic() - start)
+    status = None if (timed_out or boot_timed_out or stalled) else proc.returncode
+    return Boot(status, timed_out, boot_timed_out, time.monotonic() - start, stalled)

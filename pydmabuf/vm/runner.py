@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from . import accel as accelerators
 from . import debian, initramfs, qemu, shares
+from .accel import Accel
 from .console import MARKER, Console
 from .consumers import ENVIRONMENT as CONSUMER_ENVIRONMENT
 from .consumers import MOUNT_POINT, ConsumerRootError, ensure_root
@@ -28,6 +30,11 @@ STATUS_VM_FAILED = 125
 # A normal boot reaches the command in about 6 s under TCG, even on a loaded host.
 BOOT_TIMEOUT = 180.0
 BOOT_ATTEMPTS = 2
+
+# The KVM probe (see pydmabuf.vm.accel): a KVM boot to a Python prompt takes a few
+# seconds; one that has not finished by then is hung or crashed.
+PROBE_TIMEOUT = 45.0
+_PROBE_WORDS = "pydmabuf kvm probe ok"
 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -45,10 +52,67 @@ class VMResult:
     timed_out: bool = False
     error: str | None = None  # why the guest did not report a status, if it did not
     kernel: str = ""
+    accel: str = ""  # "kvm (why)" or "tcg (why)": which accelerator ran it, and why that one
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and self.error is None
+
+
+def guest_cpus() -> int:
+    """The guest's CPU count: ``PYDMABUF_VM_CPUS``, else the host's (at most 8).
+
+    Under TCG each guest CPU is a host thread, so more than the host has only adds
+    contention; the real-kernel tier runs one test worker per guest CPU."""
+    configured = os.environ.get("PYDMABUF_VM_CPUS")
+    if configured:
+        return max(1, int(configured))
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def guest_memory(cpus: int) -> str:
+    """The guest's memory: ``PYDMABUF_VM_MEMORY``, else 2 GiB, or 512 MiB per CPU above four."""
+    return os.environ.get("PYDMABUF_VM_MEMORY") or f"{max(2048, 512 * cpus)}M"
+
+
+def choose_accel(kernel: Kernel | None = None, *, stream: TextIO | None = None) -> Accel:
+    """The accelerator :func:`run` uses: see :mod:`pydmabuf.vm.accel`.
+
+    With ``PYDMABUF_VM_ACCEL=auto`` (the default) and a usable /dev/kvm, the first
+    call per host, QEMU and guest kernel boots a short probe under KVM (at most
+    :data:`PROBE_TIMEOUT` seconds) and remembers whether it worked."""
+    try:
+        wanted = accelerators.requested()
+    except ValueError as exc:
+        raise VMError(str(exc)) from None
+    if wanted != "auto":
+        return Accel(wanted, f"PYDMABUF_VM_ACCEL={wanted}")
+    problem = accelerators.kvm_problem()
+    if problem is not None:
+        return Accel("tcg", f"software emulation: {problem}")
+    qemu_binary = find_qemu()
+    if qemu_binary is None:
+        raise VMError(available()[1])
+    kernel = kernel or ensure_kernel()
+    key = accelerators.cache_key(qemu_binary, kernel.release)
+    known = accelerators.recall(key)
+    if known is not None:
+        return known
+    if stream is not None:
+        stream.write("pydmabuf.vm: /dev/kvm is there; trying a short boot under KVM (once per host and kernel)\n")
+        stream.flush()
+    probe = run([sys.executable, "-c", f"print({_PROBE_WORDS!r})"], cwd="/", live_dirs=[], kernel=kernel,
+                timeout=PROBE_TIMEOUT, accel="kvm")
+    if probe.ok and _PROBE_WORDS in probe.output:
+        verdict = Accel("kvm", f"a probe boot under KVM worked in {probe.total_seconds:.1f} s")
+    else:
+        failure = probe.error or f"the probe exited {probe.returncode}"
+        verdict = Accel("tcg", f"software emulation: a probe boot under KVM failed ({failure})")
+    accelerators.remember(key, verdict)
+    if stream is not None:
+        stream.write(f"pydmabuf.vm: accelerator {verdict}\n")
+        stream.flush()
+    return verdict
 
 
 def _under(directory: str, path: str) -> bool:
@@ -77,17 +141,19 @@ def guest_environment(env: dict[str, str] | None, scratch: str) -> dict[str, str
     return result
 
 
-def _boot(cmd: list[str], nonce: str, stream: TextIO | None, timeout: float) -> tuple[Console, qemu.Boot, str]:
+def _boot(
+    cmd: list[str], nonce: str, stream: TextIO | None, timeout: float, idle_timeout: float | None = None
+) -> tuple[Console, qemu.Boot, str]:
     """Boot, and boot once more if the guest died before starting the command."""
     started = time.monotonic()
     outputs: list[str] = []
     for attempt in range(1, BOOT_ATTEMPTS + 1):
         console = Console(nonce, stream, time.monotonic())
         remaining = timeout - (time.monotonic() - started)
-        booted = qemu.boot(cmd, console, timeout=remaining, boot_timeout=BOOT_TIMEOUT)
+        booted = qemu.boot(cmd, console, timeout=remaining, boot_timeout=BOOT_TIMEOUT, idle_timeout=idle_timeout)
         outputs.append(console.output())
         setup_failed = f"{MARKER}ERROR {nonce}" in console.text
-        if console.booted or setup_failed or booted.timed_out or attempt == BOOT_ATTEMPTS:
+        if console.booted or setup_failed or booted.timed_out or booted.stalled or attempt == BOOT_ATTEMPTS:
             break
         # The command never started, so booting again cannot run it twice.
         # Rare TCG boot crashes have been seen; a second boot gets past them.
@@ -110,6 +176,8 @@ def _outcome(console: Console, booted: qemu.Boot, timeout: float) -> tuple[int, 
         return STATUS_VM_FAILED, f"guest setup failed: {guest_error.group(1).strip()}"
     if booted.timed_out:
         return STATUS_TIMEOUT, f"timed out after {timeout:g} s; QEMU was killed"
+    if booted.stalled:
+        return STATUS_TIMEOUT, "the guest printed nothing for the idle limit (hung?); QEMU was killed"
     if booted.boot_timed_out:
         return (
             STATUS_VM_FAILED,
@@ -132,6 +200,8 @@ def run(
     live_dirs: Sequence[str] | None = None,
     snapshot_dirs: Sequence[str] = (),
     consumers: bool = False,
+    idle_timeout: float | None = None,
+    accel: str | None = None,
 ) -> VMResult:
     """Boot a guest, run ``argv`` in it and return once it has powered off.
 
@@ -140,7 +210,11 @@ def run(
     ``env`` is added to a minimal default environment (nothing else is
     inherited from the host).  Console output is copied to ``stream`` as it
     arrives.  A guest still running after ``timeout`` seconds is killed and
-    reported with ``timed_out`` and status 124.
+    reported with ``timed_out`` and status 124, as is one whose running command
+    printed nothing for ``idle_timeout`` seconds (None: no such limit).
+
+    ``accel`` is ``"kvm"``, ``"tcg"`` or None for :func:`choose_accel`'s choice;
+    the result's ``accel`` says which ran, and why.
 
     The host root is shared with caching, so the guest would not see (or
     would see torn) files the host changes during the run.  ``live_dirs``
@@ -163,6 +237,7 @@ def run(
     busybox = find_busybox()
     assert qemu_binary is not None and busybox is not None  # checked by available()
     kernel = kernel or ensure_kernel()
+    chosen = Accel(accel, "asked for") if accel in ("kvm", "tcg") else choose_accel(kernel, stream=stream)
     base = initramfs.base_archive(busybox, kernel.modules)
 
     cwd = os.path.abspath(cwd or os.getcwd())
@@ -191,16 +266,18 @@ def run(
                             scratch_over_tmp, layout)
         initrd = Path(tmp) / "initrd.cpio"
         initrd.write_bytes(base.read_bytes() + initramfs.job_archive(job))
+        cpus = guest_cpus()
         cmd = qemu.command_line(
             qemu_binary,
             kernel.vmlinuz,
             initrd,
-            memory=os.environ.get("PYDMABUF_VM_MEMORY", "2G"),
-            cpus=int(os.environ.get("PYDMABUF_VM_CPUS", "2")),
+            memory=guest_memory(cpus),
+            cpus=cpus,
             shares=tuple((share.tag, share.source) for share in layout.shares),
             root=root,
+            accel=chosen.name,
         )
-        console, booted, output = _boot(cmd, nonce, stream, timeout - (time.monotonic() - started))
+        console, booted, output = _boot(cmd, nonce, stream, timeout - (time.monotonic() - started), idle_timeout)
 
     returncode, error = _outcome(console, booted, timeout)
     return VMResult(
@@ -208,7 +285,8 @@ def run(
         output=output,
         boot_seconds=console.boot_seconds,
         total_seconds=time.monotonic() - started,
-        timed_out=error is not None and booted.timed_out,
+        timed_out=error is not None and (booted.timed_out or booted.stalled),
         error=error,
         kernel=kernel.release,
+        accel=str(chosen),
     )
