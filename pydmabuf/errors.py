@@ -175,18 +175,26 @@ def check_index(value: object, what: str) -> int:
 
 
 def invalid(message: str) -> InvalidArgumentError:
+    """The :class:`InvalidArgumentError` (EINVAL) for a bad argument, with ``message``
+    as its text; returned, for the caller to raise."""
     return InvalidArgumentError(E.EINVAL, message)
 
 
 def unsupported(message: str) -> UnsupportedError:
+    """The :class:`UnsupportedError` (EOPNOTSUPP) for a feature this kernel or backend
+    lacks, with ``message`` as its text; returned, for the caller to raise."""
     return UnsupportedError(E.EOPNOTSUPP, message)
 
 
 def closed(kind: str) -> ClosedError:
+    """The :class:`ClosedError` (EBADF) for an operation on a closed object; ``kind``
+    names it ("Buffer", "SyncFile", ...). Returned, for the caller to raise."""
     return ClosedError(E.EBADF, f"operation on a closed {kind}")
 
 
 def timed_out(what: str) -> TimeoutError:
+    """The :class:`TimeoutError` (ETIMEDOUT) for a wait ``what`` that reached its
+    deadline; returned, for the caller to raise."""
     return TimeoutError(E.ETIMEDOUT, f"{what}: timed out")
 
 

@@ -58,8 +58,9 @@ def modifier_name(modifier: int) -> str:
 
 def modifier_value(name: str) -> int:
     """The value of a named modifier: the header's name (``"DRM_FORMAT_MOD_LINEAR"``,
-    ``"I915_FORMAT_MOD_Y_TILED"``) or a DRM_FORMAT_MOD_ name without that prefix
-    (``"LINEAR"``). ValueError for an unknown name."""
+    ``"I915_FORMAT_MOD_Y_TILED"``) or a ``DRM_FORMAT_MOD_`` name without that prefix
+    (``"LINEAR"``). InvalidArgumentError (a ValueError) for an unknown name, TypeError
+    for a name that is not a str."""
     if not isinstance(name, str):
         raise TypeError(f"a modifier name must be a str, got {type(name).__name__}")
     for candidate in (name, "DRM_FORMAT_MOD_" + name):
@@ -115,6 +116,13 @@ class PlaneFormat(NamedTuple):
     def min_pitch(self, width: int) -> int:
         """The fewest bytes a row of this plane takes (drm_format_info_min_pitch)."""
         return -(-(self.width(width) * self.bytes_per_block) // (self.block_width * self.block_height))
+
+
+PlaneFormat.bytes_per_block.__doc__ = "Bytes per block of pixels (0: the plane exists only with a non-linear modifier)."
+PlaneFormat.block_width.__doc__ = "A block's width in pixels (1 for most formats)."
+PlaneFormat.block_height.__doc__ = "A block's height in pixels (1 for most formats)."
+PlaneFormat.hsub.__doc__ = "Horizontal subsampling: the plane is ``ceil(width / hsub)`` pixels wide."
+PlaneFormat.vsub.__doc__ = "Vertical subsampling: the plane is ``ceil(height / vsub)`` pixels high."
 
 
 class Format:
