@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 
 class _Record:
-    """Fields are the class's ``__slots__``, in order."""
+    """Fields are the class's ``__slots__``, in order (a dict: field name -> its docstring)."""
 
-    __slots__: tuple[str, ...] = ()
+    __slots__: tuple[str, ...] | dict[str, str] = ()
 
     def __init__(self, *values: Any) -> None:
         # Subclasses spell their fields out in their own __init__ (so Python checks the
@@ -58,7 +58,15 @@ class BufferInfo(_Record):
     together, so it is often larger than the number of fds you hold.
     """
 
-    __slots__ = ("size", "exporter", "name", "inode", "count")
+    __slots__ = {
+        "size": "The buffer's size in bytes.",
+        "exporter": "The name of the exporting driver (``exp_name`` in fdinfo, e.g. ``system`` for the system "
+        "heap, ``udmabuf``); ``pydmabuf-fallback`` on the fallback backend.",
+        "name": "The name set with ``Buffer.set_name()`` (``DMA_BUF_SET_NAME``), or None where it has none.",
+        "inode": "The buffer's inode number: equal for every fd of the same buffer, here or in another process.",
+        "count": "The file's reference count: the kernel's, system-wide (fds, mmaps and importers), or on the "
+        "fallback this process's fds and mappings only.",
+    }
     size: int
     exporter: str
     name: str | None
@@ -73,7 +81,12 @@ class FenceInfo(_Record):
     """One leaf fence inside a sync_file. ``status``: 1 signaled, 0 active, <0 -errno.
     ``timestamp_ns`` is CLOCK_MONOTONIC when it signaled, 0 before."""
 
-    __slots__ = ("obj_name", "driver_name", "status", "timestamp_ns")
+    __slots__ = {
+        "obj_name": "The name of the fence's timeline, as its driver gives it.",
+        "driver_name": "The name of the driver that made the fence.",
+        "status": "1 signaled, 0 still active, a negative -errno when it signaled with an error.",
+        "timestamp_ns": "When it signaled, in CLOCK_MONOTONIC nanoseconds; 0 while it is active.",
+    }
     obj_name: str
     driver_name: str
     status: int
@@ -92,7 +105,12 @@ class SyncFileInfo(_Record):
     """A sync_file as ``SYNC_IOC_FILE_INFO`` reports it: its name, its status (1
     signaled, 0 active, <0 -errno) and its leaf fences."""
 
-    __slots__ = ("name", "status", "fences")
+    __slots__ = {
+        "name": "The sync_file's name: the ``name`` given to ``SyncFile.merge()``, else one the kernel makes "
+        "from its fence's driver and timeline; ``pydmabuf-fallback`` on the fallback backend.",
+        "status": "1 signaled, 0 still active, a negative -errno when a fence signaled with an error.",
+        "fences": "The leaf fences (a tuple of :class:`FenceInfo`), one per fence the sync_file merges.",
+    }
     name: str
     status: int
     fences: tuple[FenceInfo, ...]
