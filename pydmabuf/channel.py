@@ -879,7 +879,17 @@ class Delivery:
     ``with delivery:``). After release the producer may reuse the buffers, so the
     mapping and fds are closed then."""
 
-    __slots__ = ("_consumer", "_map", "buffer", "frame", "fence", "meta", "seq")
+    __slots__ = {
+        "_consumer": "The Consumer to hand it back to; None once released.",
+        "_map": "The read-only mapping ``map()`` made, or None.",
+        "buffer": "The received :class:`pydmabuf.Buffer` (a frame's first buffer); closed once released.",
+        "frame": "The received :class:`pydmabuf.Frame` when the producer serves frames, else None.",
+        "fence": "The producer's :class:`pydmabuf.SyncFile` that signals when the contents are ready, or None "
+        "(then they are ready now); ``wait()`` waits for it.",
+        "meta": "The bytes the producer passed to ``submit(meta=...)`` (empty without).",
+        "seq": "The producer's number for this frame: 1, 2, ... in the order submitted; frames skipped for this "
+        "consumer leave gaps.",
+    }
 
     def __init__(self, consumer: Consumer, seq: int, item: Buffer | Frame, fence: SyncFile | None,
                  meta: bytes) -> None:

@@ -44,11 +44,19 @@ class Plane(NamedTuple):
     pitch: int
 
 
+Plane.object_index.__doc__ = "Which of the frame's objects (buffers) holds the plane: an index into ``objects``."
+Plane.offset.__doc__ = "Where the plane's first row starts in that object, in bytes."
+Plane.pitch.__doc__ = "The distance in bytes from the start of one row to the next (stride)."
+
+
 class BufferAllocator(Protocol):
     """What allocate_frame takes as ``allocator``: a Heap, or anything that allocates
     Buffers the same way."""
 
-    def allocate(self, size: int, *, name: str | None = None) -> Buffer: ...
+    def allocate(self, size: int, *, name: str | None = None) -> Buffer:
+        """A new zeroed Buffer of at least ``size`` bytes, named ``name`` where one is given;
+        raises the library's errors (:class:`~pydmabuf.errors.OutOfMemoryError`, ...) as
+        :meth:`pydmabuf.Heap.allocate` does."""
 
 
 class PlaneView:
@@ -63,7 +71,12 @@ class PlaneView:
     mapping; arrays made from it keep the mapping alive until they go.
     """
 
-    __slots__ = ("_data", "rows", "row_bytes", "pitch")
+    __slots__ = {
+        "_data": "The memoryview of the plane's bytes in the mapping.",
+        "rows": "How many rows the plane has.",
+        "row_bytes": "The bytes of pixels in one row (without the padding up to ``pitch``).",
+        "pitch": "The distance in bytes from the start of one row to the next (stride).",
+    }
 
     def __init__(self, data: memoryview, rows: int, row_bytes: int, pitch: int) -> None:
         self._data = data

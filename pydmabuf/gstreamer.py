@@ -97,8 +97,21 @@ class GstDelivery:
     read-only; ``release()`` (or ``with delivery:``) closes everything and hands the
     buffer back to the sink."""
 
-    __slots__ = ("_consumer", "_id", "_map", "buffer", "buffers", "caps", "dts", "duration", "flags", "frame",
-                 "pts", "seq")
+    __slots__ = {
+        "_consumer": "The GstConsumer to hand it back to; None once released.",
+        "_id": "The sink's id of the buffer, sent back in RELEASE_BUFFER.",
+        "_map": "The read-only mapping ``map()`` made, or None.",
+        "buffer": "The first memory's :class:`pydmabuf.Buffer`, or None for a buffer without memories.",
+        "buffers": "One :class:`pydmabuf.Buffer` per GstMemory, in order (a tuple); closed once released.",
+        "caps": "The caps string the buffer came under.",
+        "dts": "GStreamer's decoding timestamp in nanoseconds, or None (GST_CLOCK_TIME_NONE).",
+        "duration": "GStreamer's duration in nanoseconds, or None (GST_CLOCK_TIME_NONE).",
+        "flags": "The buffer's GstBufferFlags, as an int.",
+        "frame": "A :class:`pydmabuf.Frame` over the memories, laid out by the GstVideoMeta or GStreamer's "
+        "default layout; None when the caps are not raw video pydmabuf can lay out.",
+        "pts": "GStreamer's presentation timestamp in nanoseconds, or None (GST_CLOCK_TIME_NONE).",
+        "seq": "This consumer's count of the buffers received: 1, 2, ... in order of arrival.",
+    }
 
     def __init__(self, consumer: GstConsumer, message: wire.NewBuffer, buffers: list[Buffer], frame: Frame | None,
                  caps: str, seq: int) -> None:

@@ -40,7 +40,13 @@ class Lease:
     """One pool buffer, lent. ``with lease as buf:`` returns it at the end of the
     block; ``pool.release(buf)`` does the same for ``take()``."""
 
-    __slots__ = ("_pool", "buffer", "_out", "_slot", "_push")
+    __slots__ = {
+        "_pool": "The BufferPool it came from.",
+        "buffer": "The lent :class:`pydmabuf.Buffer`; the pool's again once the lease is returned.",
+        "_out": "True while lent.",
+        "_slot": "Its place in the pool: the buffer's name and its replacement's.",
+        "_push": "The pool's give-back (bound once).",
+    }
 
     def __init__(self, pool: BufferPool, buffer: Buffer, slot: int) -> None:
         self._pool = pool
