@@ -31,6 +31,11 @@ class PeerCredentials(NamedTuple):
     gid: int
 
 
+PeerCredentials.pid.__doc__ = "The peer's process id (at connect or listen time)."
+PeerCredentials.uid.__doc__ = "The peer's effective user id."
+PeerCredentials.gid.__doc__ = "The peer's effective group id."
+
+
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """The credentials the kernel recorded for the peer of a connected AF_UNIX socket."""
     if not isinstance(sock, socket.socket):

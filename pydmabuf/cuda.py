@@ -50,6 +50,11 @@ class Region(NamedTuple):
     size: int
 
 
+Region.buffer.__doc__ = "The dma-buf (a :class:`pydmabuf.Buffer`) that holds the allocation."
+Region.offset.__doc__ = "Where the object starts in ``buffer``, in bytes."
+Region.size.__doc__ = "How many bytes the object covers."
+
+
 def _driver() -> Driver:
     """The loaded driver; its absence is remembered (it will not appear later)."""
     global _loaded

@@ -46,6 +46,11 @@ class PlaneArgs(NamedTuple):
     pitch: int
 
 
+PlaneArgs.fd.__doc__ = "The fd of the buffer that holds the plane (a Frame gives its buffer's own, not a dup)."
+PlaneArgs.offset.__doc__ = "Where the plane's first row starts in that buffer, in bytes."
+PlaneArgs.pitch.__doc__ = "The distance in bytes from the start of one row to the next (stride)."
+
+
 class KmsFramebuffer(NamedTuple):
     """The arguments of ``drmModeAddFB2WithModifiers(fd, width, height, pixel_format,
     handles, pitches, offsets, modifiers, &fb_id, flags)``: arrays of 4, zero past the
@@ -61,6 +66,16 @@ class KmsFramebuffer(NamedTuple):
     flags: int
 
 
+KmsFramebuffer.width.__doc__ = "The image's width in pixels."
+KmsFramebuffer.height.__doc__ = "The image's height in pixels."
+KmsFramebuffer.pixel_format.__doc__ = "The DRM fourcc code of the format."
+KmsFramebuffer.handles.__doc__ = "The GEM handle of each plane's buffer (in the DRM device's handle space)."
+KmsFramebuffer.pitches.__doc__ = "Each plane's pitch (stride) in bytes."
+KmsFramebuffer.offsets.__doc__ = "Where each plane starts in its buffer, in bytes."
+KmsFramebuffer.modifiers.__doc__ = "Each plane's format modifier: the frame's for every plane, or 0 with MOD_INVALID."
+KmsFramebuffer.flags.__doc__ = "``DRM_MODE_FB_MODIFIERS`` when ``modifiers`` is valid, else 0 (the implicit layout)."
+
+
 class V4l2Plane(NamedTuple):
     """The fields of one ``struct v4l2_plane`` for ``V4L2_MEMORY_DMABUF``: ``fd`` goes
     to ``m.fd``; ``bytesused`` includes ``data_offset`` (as V4L2 defines it)."""
@@ -69,6 +84,12 @@ class V4l2Plane(NamedTuple):
     length: int
     data_offset: int
     bytesused: int
+
+
+V4l2Plane.fd.__doc__ = "The fd of the plane's buffer, for ``m.fd``."
+V4l2Plane.length.__doc__ = "The size of that buffer in bytes."
+V4l2Plane.data_offset.__doc__ = "Where the plane's data starts in the buffer, in bytes."
+V4l2Plane.bytesused.__doc__ = "The bytes used, ``data_offset`` included (as V4L2 counts): where the data ends."
 
 
 def egl_attributes(width: int, height: int, fourcc: int, modifier: int, planes: Sequence[PlaneArgs],
