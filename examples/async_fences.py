@@ -5,7 +5,9 @@ fence; one consumer task per frame awaits its fence, ``pydmabuf.aio.as_completed
 reports the frames in the order they finish, a heartbeat task keeps ticking
 meanwhile, and a last task awaits one fence merged from all of them. Waiting adds
 no fd: the loop watches each fence's own fd, once for all its waiters.
-Runs on either backend: socketpair fences on the fallback, vgem fences on a kernel.
+Runs on either backend: on the fallback each fence is one end of a connected
+SOCK_SEQPACKET socketpair (its signal end sends one message); on a kernel the
+Timeline makes sw_sync fences, or vgem fences where sw_sync is missing.
 """
 
 from __future__ import annotations
