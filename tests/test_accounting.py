@@ -104,6 +104,7 @@ def test_three_processes_pss(three: tuple[int, int, int]) -> None:
     assert (procs[receiver].buffers, procs[receiver].size, procs[receiver].pss) == (1, 3 * PAGE, share)
     assert (procs[mapper].buffers, procs[mapper].size, procs[mapper].pss) == (2, 3 * PAGE, 3 * PAGE)
     assert procs[sender].name.startswith("python")
+    assert procs[mapper].cmdline == (sys.executable, CHILD, "mapper")
 
 
 def test_ps_json_matches(three: tuple[int, int, int]) -> None:
@@ -130,6 +131,7 @@ def test_ps_json_matches(three: tuple[int, int, int]) -> None:
         "buffers": 2,
         "size": 3 * PAGE,
         "pss": 3 * PAGE,
+        "cmdline": [sys.executable, CHILD, "mapper"],  # the arguments as the process got them
     }
     assert procs[sender]["pss"] == procs[receiver]["pss"] == 3 * PAGE // 2
     # largest PSS first
@@ -178,6 +180,18 @@ def test_snapshot_counts_processes() -> None:
     snap = accounting.snapshot()
     assert snap.scanned >= 1
     assert 0 <= snap.unreadable <= snap.scanned
+    assert snap.unreadable == len(snap.unreadable_processes)
+
+
+def test_filter_keeps_command_lines_and_unreadable(heap: pydmabuf.Heap) -> None:
+    with heap.allocate(PAGE, name="filter-me"):
+        snap = accounting.snapshot()
+    mine = snap.filter(pids=[os.getpid()])
+    [me] = mine.processes
+    assert me.cmdline == accounting._cmdline(os.getpid()) != ()
+    assert [p.cmdline for p in snap.processes if p.pid == os.getpid()] == [me.cmdline]
+    # the filter selects buffers, not what could not be read: that stays for the warning
+    assert (mine.unreadable, mine.unreadable_processes) == (snap.unreadable, snap.unreadable_processes)
 
 
 def test_unprivileged_gets_partial_report(heap: pydmabuf.Heap) -> None:
@@ -193,7 +207,9 @@ def test_unprivileged_gets_partial_report(heap: pydmabuf.Heap) -> None:
     names = {b["name"] for b in snap["buffers"]}
     assert "nobody" in names  # its own buffer, through its own /proc entries
     assert "root-only" not in names  # our process is root's: unreadable to uid 65534
-    assert snap["unreadable"] >= 1
+    assert snap["unreadable"] == len(snap["unreadable_processes"]) >= 1
+    # named: our process by pid and name (comm stays readable when fds and maps are not)
+    assert {"pid": os.getpid(), "name": accounting._process_name(os.getpid())} in snap["unreadable_processes"]
     assert cli["code"] == 0
     ps = json.loads(cli["stdout"])
     assert ps["unreadable"] >= 1
@@ -261,7 +277,10 @@ def test_processes_and_their_names_come_from_proc(tmp_path: Path) -> None:
         while accounting._process_name(child.pid) != long_name.name:
             assert time.monotonic() < deadline, accounting._process_name(child.pid)
             time.sleep(0.02)
+        # and the command line, as separate arguments (spaces inside one stay inside it)
+        assert accounting._cmdline(child.pid) == (str(long_name), "-c", "import time; time.sleep(30)")
     finally:
         child.kill()
         child.wait()
     assert accounting._process_name(2**22 + 7) == "?"
+    assert accounting._cmdline(2**22 + 7) == ()

@@ -56,13 +56,23 @@ class BufferUsage:
 @dataclass(frozen=True)
 class ProcessUsage:
     """One process: ``size`` sums its buffers, ``pss`` divides each buffer's size by
-    the number of processes holding it (proportional share, like smaps' Pss)."""
+    the number of processes holding it (proportional share, like smaps' Pss).
+    ``cmdline`` is its arguments as /proc/PID/cmdline has them (empty if it exited)."""
 
     pid: int
     name: str
     buffers: int
     size: int
     pss: int
+    cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A process whose fds or maps this user may not read: another user's, without root."""
+
+    pid: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,14 @@ class ExporterTotal:
 
 @dataclass
 class Snapshot:
-    """``unreadable``: processes whose fds or maps this user may not read."""
+    """``unreadable``: how many processes' fds or maps this user may not read;
+    ``unreadable_processes`` names them (by pid, ascending)."""
 
     buffers: list[BufferUsage]
     processes: list[ProcessUsage]
     unreadable: int
     scanned: int
+    unreadable_processes: list[Unreadable] = field(default_factory=list)
 
     @property
     def exporters(self) -> list[ExporterTotal]:
@@ -105,11 +117,11 @@ class Snapshot:
             and (name is None or fnmatch.fnmatchcase(b.name or "", name))
             and (wanted is None or any(h.pid in wanted for h in b.holders))
         ]
-        names = {p.pid: p.name for p in self.processes}
-        processes = _processes(kept, names)
+        known = {p.pid: p for p in self.processes}  # names and command lines: read once, in snapshot()
+        processes = _processes(kept, known)
         if wanted is not None:
             processes = [p for p in processes if p.pid in wanted]
-        return Snapshot(kept, processes, self.unreadable, self.scanned)
+        return Snapshot(kept, processes, self.unreadable, self.scanned, self.unreadable_processes)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON schema of ``pydmabuf ps --json`` (sizes in bytes)."""
@@ -119,6 +131,7 @@ class Snapshot:
             "exporters": [asdict(e) for e in self.exporters],
             "unreadable": self.unreadable,
             "scanned": self.scanned,
+            "unreadable_processes": [asdict(u) for u in self.unreadable_processes],
         }
 
 
@@ -140,20 +153,22 @@ class _Found:
 def snapshot() -> Snapshot:
     """Every dma-buf (and fallback buffer) that this user can see, with its holders."""
     found: dict[_Key, _Found] = {}
-    unreadable = scanned = 0
+    denied: list[Unreadable] = []
+    scanned = 0
     for pid in pids():
         state = _scan(pid, found)
         if state is None:
             continue  # exited meanwhile, or a kernel thread
         scanned += 1
         if not state:
-            unreadable += 1
+            # comm stays world-readable when fd and maps are not: the name costs one read
+            denied.append(Unreadable(pid, _process_name(pid)))
     buffers = [_finish(key, f) for key, f in found.items()]
     buffers.sort(key=lambda b: (-b.size, b.inode))
-    return Snapshot(buffers, _processes(buffers, {}), unreadable, scanned)
+    return Snapshot(buffers, _processes(buffers, {}), len(denied), scanned, denied)
 
 
-def _processes(buffers: list[BufferUsage], names: dict[int, str]) -> list[ProcessUsage]:
+def _processes(buffers: list[BufferUsage], known: dict[int, ProcessUsage]) -> list[ProcessUsage]:
     acc: dict[int, list[int]] = {}  # pid -> [buffers, size, pss]
     for buf in buffers:
         share = buf.size // len(buf.holders)
@@ -162,9 +177,11 @@ def _processes(buffers: list[BufferUsage], names: dict[int, str]) -> list[Proces
             entry[0] += 1
             entry[1] += buf.size
             entry[2] += share
-    rows = [
-        ProcessUsage(pid, names.get(pid) or _process_name(pid), n, size, pss) for pid, (n, size, pss) in acc.items()
-    ]
+    rows = []
+    for pid, (n, size, pss) in acc.items():
+        old = known.get(pid)
+        name, cmdline = (old.name, old.cmdline) if old is not None else (_process_name(pid), _cmdline(pid))
+        rows.append(ProcessUsage(pid, name, n, size, pss, cmdline))
     return sorted(rows, key=lambda p: (-p.pss, -p.size, p.pid))
 
 
@@ -193,6 +210,22 @@ def _process_name(pid: int) -> str:
             if program.startswith(name):
                 return program
     return name
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    """The process's arguments: /proc/PID/cmdline, NUL-separated (world-readable, like
+    comm). Empty for a process that exited, a zombie or a kernel thread."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ()
+    # A process that rewrote its title (setproctitle) may leave one string, or end
+    # without the trailing NUL: drop only the empty piece that trailing NUL makes.
+    args = raw.split(b"\0")
+    if args and not args[-1]:
+        args.pop()
+    return tuple(a.decode("utf-8", "replace") for a in args)
 
 
 def _is_kthread(pid: int) -> bool:
