@@ -10,11 +10,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._version import __version__
 from . import demo
 from .ps import ps, ps_args, top, top_args
+
+if TYPE_CHECKING:
+    from .features import Report
 
 # Building the parser loads only argparse and each command's arguments: what a command
 # needs (the accounting scan, the library's channel, the feature probes, json) it imports when it
@@ -29,6 +32,22 @@ class Command(NamedTuple):
 
 def _info_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _heaps_line(report: Report) -> str:
+    """The heaps pydmabuf.heaps() returns and who provides them: on the fallback backend
+    'system' with no /dev/dma_heap at all, so the line must not read as "none"."""
+    kernel_has = "" if report.heaps else "; no /dev/dma_heap in this kernel: CONFIG_DMABUF_HEAPS off"
+    if report.backend == "fallback":
+        source = f"emulated by the fallback backend with memfds{kernel_has}"
+    elif report.backend == "kernel":
+        source = "from the kernel backend: /dev/dma_heap" if report.heaps else f"kernel backend{kernel_has}"
+    else:
+        return "unknown (no usable backend: see the backend line)"
+    if not report.backend_heaps:
+        return f"none ({source})"
+    # ", " between names: heap names may hold commas themselves (linux,cma)
+    return f"{', '.join(report.backend_heaps)} ({source})"
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -51,14 +70,11 @@ def _info(args: argparse.Namespace) -> int:
         )
     )
     print(f"kernel:   {report.kernel} ({report.machine})")
+    print(f"heaps:    {_heaps_line(report)}")
     for heap in report.heaps:
         print(f"heap:     {heap.name}: {'usable' if heap.usable else heap.problem}")
         if heap.fix:
             print(f"          fix: {heap.fix}")
-    if not report.heaps:
-        # pydmabuf.heaps() lists what the active backend offers: say both, or they seem to disagree.
-        emulated = "; the fallback backend emulates 'system'" if report.backend == "fallback" else ""
-        print(f"heaps:    none in this kernel (no /dev/dma_heap: CONFIG_DMABUF_HEAPS off){emulated}")
     limits = f"size_limit_mb={report.udmabuf_size_limit_mb}, list_limit={report.udmabuf_list_limit}"
     if report.udmabuf is None:
         print("udmabuf:  absent (no /dev/udmabuf: kernel without CONFIG_UDMABUF)")
@@ -78,7 +94,7 @@ def _info(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "info": Command("backend, kernel, heaps, udmabuf and feature probes", _info_args, _info),
     "ps": Command("dma-bufs per process (largest first) and per exporter", ps_args, ps),
-    "top": Command("the ps table, refreshed every few seconds until interrupted", top_args, top),
+    "top": Command("the ps table, refreshed every few seconds until q or Ctrl-C", top_args, top),
     "demo": Command(
         "share frames with fences from a producer process to a consumer process", demo.add_arguments, demo.run
     ),

@@ -19,6 +19,8 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
+from .ps import SIZE_FORMS, count_arg, human, size_arg
+
 if TYPE_CHECKING:
     from ..buffer import Buffer
     from ..timeline import Timeline
@@ -29,9 +31,14 @@ _CRC = struct.Struct("<I")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=60, help="frames to send (default 60)")
-    parser.add_argument("--size", type=int, default=1 << 20, help="frame size in bytes (default 1 MiB)")
-    parser.add_argument("--buffers", type=int, default=4, help="buffers in the pool (default 4)")
+    parser.add_argument("--frames", type=count_arg(), default=60, help="frames to send (default 60)")
+    parser.add_argument(
+        "--size",
+        type=size_arg,
+        default=1 << 20,
+        help=f"frame size: {SIZE_FORMS} (default 1M = 1 MiB); rounded up to whole pages, which the demo says",
+    )
+    parser.add_argument("--buffers", type=count_arg(), default=4, help="buffers in the pool (default 4)")
     parser.add_argument("--consume", metavar="ADDRESS", help=argparse.SUPPRESS)
 
 
@@ -53,6 +60,17 @@ def _pool(size: int, count: int) -> tuple[list[Buffer], str]:
     else:
         what = "udmabuf" if provider == "udmabuf" else f"the {provider!r} dma-heap"
     return out, what
+
+
+def _rounding(asked: int, got: int, source: str) -> str | None:
+    """What to say when a buffer is larger than ``--size`` asked for (allocators hand out
+    whole pages, and some heaps align further), so the sizes printed later do not
+    seem to contradict it; None when it is exactly the size asked for."""
+    if got == asked:
+        return None
+    page = os.sysconf("SC_PAGESIZE")
+    why = f"whole {page}-byte pages" if got == -(-asked // page) * page else f"as {source} allocates"
+    return f"--size {asked} rounded up to {got} bytes ({human(got)}): {why}"
 
 
 def _consume(address: str) -> int:
@@ -91,9 +109,6 @@ def _consume(address: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.consume:
         return _consume(args.consume)
-    if args.frames <= 0 or args.size <= 0 or args.buffers <= 0:
-        print("pydmabuf demo: --frames, --size and --buffers must be > 0", file=sys.stderr)
-        return 2
     import subprocess
 
     from .. import channel
@@ -104,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     address = f"@pydmabuf-demo-{os.getpid()}"
     buffers, what = _pool(args.size, args.buffers)
+    rounded = _rounding(args.size, buffers[0].size, what)
+    if rounded:
+        print(f"producer: {rounded}", flush=True)
     try:
         timeline: Timeline | None = Timeline()
     except UnsupportedError as exc:

@@ -8,6 +8,7 @@ Each permission problem comes with the usual fix.
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import os
 import platform
@@ -58,7 +59,8 @@ class Report:
     compiled: bool  # pydmabuf.compiled: the hot calls in C (True) or pure Python
     kernel: str
     machine: str
-    heaps: list[Device] = field(default_factory=list)
+    heaps: list[Device] = field(default_factory=list)  # the nodes in /dev/dma_heap, whatever the backend
+    backend_heaps: list[str] = field(default_factory=list)  # pydmabuf.heaps(): what the active backend offers
     udmabuf: Device | None = None  # None: no /dev/udmabuf
     udmabuf_size_limit_mb: int | None = None
     udmabuf_list_limit: int | None = None
@@ -95,6 +97,8 @@ def probe() -> Report:
     from ..uapi.fast import compiled
 
     report = Report(backend=backend, compiled=compiled, kernel=platform.release(), machine=platform.machine())
+    with contextlib.suppress(OSError):  # an unusable backend offers none; the backend line says why
+        report.backend_heaps = pydmabuf.heaps()
     names = sorted(os.listdir(HEAP_DIR)) if os.path.isdir(HEAP_DIR) else []
     report.heaps = [_device(n, os.path.join(HEAP_DIR, n), os.O_RDONLY, HEAP_PERMISSION_HINT) for n in names]
     if os.path.exists(UDMABUF_DEV):
