@@ -15,7 +15,7 @@ to the buffer's page-rounded size: ``v4l2sink`` refuses memory larger than the i
 
 Needs PyGObject and GStreamer (base and good plugins); without them it says so and
 exits 0 (``--require`` makes that a failure: the real-kernel tier's consumer root has
-them, see README "Real consumers").
+them, see docs/real-kernel-tier.md, "Real consumers").
 
     python examples/gstreamer_appsrc.py [--frames 4] [--size 66x50] [--require]
 """

@@ -9,7 +9,7 @@ kernel closes its socket and the producer sees the hangup. A producer that goes
 away ends the stream: consumers get the frames already queued, then ``None`` from
 ``receive``; the frames they hold stay valid and mapped, since they own the fds.
 
-Trust (see the README's "Security model"): a producer admits only consumers of its
+Trust (see docs/security.md, "The channel"): a producer admits only consumers of its
 own uid (``allow_uids``/``allow_gids`` widen that) and a consumer accepts only a
 producer of its own uid or root, from SO_PEERCRED, which no peer can forge. A path
 socket is created 0600. Consumers of fallback memfds get read-only fds of files

@@ -1,5 +1,5 @@
 """The hot-path benchmarks still run (tiny counts; no timing is asserted here: speed
-targets live in the benchmarks' own reports, see the README's Benchmarks)."""
+targets live in the benchmarks' own reports, see docs/benchmarks.md)."""
 
 from __future__ import annotations
 

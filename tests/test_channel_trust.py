@@ -102,7 +102,7 @@ def _read_frames_as_nobody(path: str, frames: int) -> int:
                 with pytest.raises(OSError) as err:
                     os.write(frame.buffer.fileno(), b"PWNED")
                 assert err.value.errno == E.EBADF
-            else:  # a dma-buf keeps the exporter's access mode (README: Security model)
+            else:  # a dma-buf keeps the exporter's access mode (docs/security.md)
                 frame.buffer.map().close()
             frame.release()
         assert consumer.receive(timeout=10) is None

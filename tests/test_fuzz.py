@@ -1,6 +1,6 @@
 """A hypothesis fuzz of every public entry point's arguments.
 
-Contract (README, "Arguments"): bad arguments raise only documented exceptions, the
+Contract (docs/objects.md, "Arguments"): bad arguments raise only documented exceptions, the
 same on both backends: a ``pydmabuf.Error`` (``InvalidArgumentError`` and
 ``ClosedError`` are ``ValueError`` s too) or ``TypeError``; ``BufferError`` from
 ``Mapping.__dlpack__``; mmap's own sequence errors from indexing a Mapping; and

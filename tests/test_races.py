@@ -1,6 +1,6 @@
 """Thread races: one thread closes an object while another is inside its methods.
 
-The contract (README, "Threads"): a method racing a ``close()`` either completes on
+The contract (docs/objects.md, "Threads"): a method racing a ``close()`` either completes on
 the object's own file or raises ``ClosedError``; it never acts on a file that reused
 the fd number. Each round, thread A loops over every method of a fresh object while
 the main thread closes it at a random moment and at once creates *victims*, files

@@ -5,7 +5,7 @@ there. A fence is one end of a socketpair that becomes readable (POLLIN) when
 signaled, or when the process that could signal it dies (see fallback_fences).
 Kernel validation rules (udmabuf seals and alignment, name length, sync flags) are
 applied here too so that code tested on the fallback behaves the same on a kernel.
-What cannot be emulated is listed in the README.
+What cannot be emulated is listed in docs/backends.md ("The fallback, and how it differs").
 """
 
 from __future__ import annotations

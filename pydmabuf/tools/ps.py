@@ -177,7 +177,7 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
 def ps_args(parser: argparse.ArgumentParser) -> None:
     add_filters(parser)
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="JSON, sizes in bytes (schema in the README)")
+    out.add_argument("--json", action="store_true", help="JSON, sizes in bytes (schema in docs/cli.md)")
     out.add_argument("--csv", action="store_true", help="CSV with a header row, sizes in bytes")
     parser.epilog = (
         "The COMMAND column is trimmed to the terminal's width ($COLUMNS if set); into a pipe or file it is whole."
