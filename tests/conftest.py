@@ -4,10 +4,12 @@ the kernel inside the real-kernel VM (PYDMABUF_BACKEND=kernel)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,14 +113,22 @@ def timeline() -> Iterator[pydmabuf.Timeline]:
 
 
 # vivid's capture nodes have one buffer queue each (a second streamer gets EBUSY), so
-# the tests that stream from them share one worker when the real-kernel tier runs the
-# guest suite in parallel (pytest-xdist's --dist loadgroup; without xdist, a no-op).
+# the tests that stream from them take turns when the real-kernel tier runs the guest
+# suite on several pytest-xdist workers: an flock, not xdist's groups (xdist 3.8's
+# loadgroup cannot rename the test ids of pytest 9 and silently does nothing there).
 _V4L2_FILES = ("tests/test_v4l2_capture.py", "tests/test_foreign.py")
 _V4L2_EXAMPLES = ("[v4l2_capture.py]", "[gstreamer_v4l2src.py]")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        if path.endswith(_V4L2_FILES) or item.nodeid.endswith(_V4L2_EXAMPLES):
-            item.add_marker(pytest.mark.xdist_group("v4l2"))
+def uses_v4l2(nodeid: str) -> bool:
+    return nodeid.split("::", 1)[0].endswith(_V4L2_FILES) or nodeid.endswith(_V4L2_EXAMPLES)
+
+
+@pytest.fixture(autouse=True)
+def _v4l2_devices_one_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not uses_v4l2(request.node.nodeid):
+        yield
+        return
+    with open(os.path.join(tempfile.gettempdir(), "pydmabuf-tests-v4l2.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -175,8 +175,8 @@ def test_suite_under_real_kernel(request: pytest.FixtureRequest, tmp_path_factor
     argv = [sys.executable, "-m", "pytest", str(REPO / "tests"), "-p", "no:cacheprovider", "-q", "-rfEs"]
     argv += ["--durations=15"]
     workers = vm.guest_cpus() if importlib.util.find_spec("xdist") else 1
-    if workers > 1:  # the V4L2 tests share one worker: tests/conftest.py
-        argv += ["-n", str(workers), "--dist", "loadgroup"]
+    if workers > 1:  # the V4L2 tests take turns: tests/conftest.py
+        argv += ["-n", str(workers)]
     per_test = float(os.environ.get("PYDMABUF_VM_TEST_TIMEOUT", "600"))
     if importlib.util.find_spec("pytest_timeout"):
         # thread: some tests use SIGALRM themselves; a test past its limit has its

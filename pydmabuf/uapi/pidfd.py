@@ -19,9 +19,11 @@ PTRACE_HINT = (
 
 
 def _ptrace_scope() -> str:
+    # Bytes: a text file would look up its codec, which imports a module, and a process
+    # that dropped privileges may no longer read the standard library's directory.
     try:
-        with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as f:
-            return f"ptrace_scope is {f.read().strip()} here"
+        with open("/proc/sys/kernel/yama/ptrace_scope", "rb") as f:
+            return f"ptrace_scope is {f.read().decode('ascii', 'replace').strip()} here"
     except OSError:
         return "Yama is not active here"
 

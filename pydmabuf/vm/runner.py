@@ -33,7 +33,7 @@ BOOT_ATTEMPTS = 2
 
 # The KVM probe (see pydmabuf.vm.accel): a KVM boot to a Python prompt takes a few
 # seconds; one that has not finished by then is hung or crashed.
-PROBE_TIMEOUT = 45.0
+PROBE_TIMEOUT = 30.0
 _PROBE_WORDS = "pydmabuf kvm probe ok"
 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
