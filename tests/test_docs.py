@@ -108,7 +108,7 @@ def test_readme_keeps_the_two_commands() -> None:
     text = README.read_text()
     assert "pip install pydmabuf" in text
     assert "python -m pip install . && python -m pydmabuf demo" in text
-    assert "python -m pip install -e '.[test]' && python -m pytest" in text
+    assert "python -m pip install -e '.[test,docs]' && python -m pytest" in text
     assert "pydmabuf.backend" in text
 
 
