@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,10 @@ class CompiledPathHook(BuildHookInterface):  # type: ignore[misc]
         sys.modules[spec.name] = tool
         spec.loader.exec_module(tool)
         editable = version == "editable"
-        base = root if editable else Path(self.directory) / "compiled-build"
+        # Scratch space outside the output directory (`python -m build -o DIR` would
+        # otherwise keep it beside the wheel), removed once the wheel is written.
+        self._scratch = None if editable else tempfile.mkdtemp(prefix="pydmabuf-compiled-")
+        base = root if self._scratch is None else Path(self._scratch)
         try:
             built = tool.build(base / "pydmabuf" / "uapi")
         except Exception as exc:  # no compiler, no headers: the pure path it is
@@ -47,3 +52,8 @@ class CompiledPathHook(BuildHookInterface):  # type: ignore[misc]
         if not editable:
             for path in built:
                 build_data["force_include"][str(path)] = path.relative_to(base).as_posix()
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        scratch = getattr(self, "_scratch", None)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
