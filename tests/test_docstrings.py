@@ -42,6 +42,8 @@ MODULES = (
     "pydmabuf.syncfile",
     "pydmabuf.heap",
     "pydmabuf.udmabuf",
+    "pydmabuf.vm",
+    "pydmabuf.vm.accel",
 )
 
 # What collections.namedtuple writes on a field that nobody documented.

@@ -45,6 +45,9 @@ class VMError(RuntimeError):
 
 @dataclass(frozen=True)
 class VMResult:
+    """What one guest run did: its exit status, console output, timings, and why it
+    failed if the VM itself did (``error``); ``ok`` is status 0 and no error."""
+
     returncode: int  # the guest command's status, or 124/125 if the VM failed
     output: str = field(repr=False)  # everything the guest printed on its console
     boot_seconds: float | None  # until the guest command started; None if it never did
@@ -56,6 +59,7 @@ class VMResult:
 
     @property
     def ok(self) -> bool:
+        """The guest command exited 0 and the VM reported no error."""
         return self.returncode == 0 and self.error is None
 
 
