@@ -142,14 +142,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _accel_guess(kernel: Kernel) -> str:
     """What run() would use, without booting a probe (check without --boot boots nothing)."""
-    wanted = accel.requested()
-    if wanted != "auto":
-        return f"{wanted} (PYDMABUF_VM_ACCEL={wanted})"
-    problem = accel.kvm_problem()
-    if problem is not None:
-        return f"tcg (software emulation: {problem})"
     qemu = find_qemu()
-    known = accel.recall(accel.cache_key(qemu, kernel.release)) if qemu else None
+    try:
+        known = accel.without_probe(lambda: accel.cache_key(qemu, kernel.release) if qemu else None)
+    except ValueError as exc:  # a bad PYDMABUF_VM_ACCEL: run would refuse it the same way
+        return f"none: {exc}"
     return str(known) if known else "kvm if a short probe boot under KVM works, else tcg (decided on the first run)"
 
 

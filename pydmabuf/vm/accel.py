@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .cache import cache_dir
 
-__all__ = ["CHOICES", "Accel", "cache_key", "kvm_problem", "recall", "remember", "requested"]
+__all__ = ["CHOICES", "Accel", "cache_key", "kvm_problem", "recall", "remember", "requested", "without_probe"]
 
 CHOICES = ("auto", "kvm", "tcg")
 _CACHE_FILE = "accel.json"
@@ -63,6 +64,21 @@ def cache_key(qemu: str, guest_release: str) -> str:
     except OSError:
         stamp = 0
     return f"{os.uname().release}|{real}@{stamp}|{guest_release}"
+
+
+def without_probe(key: Callable[[], str | None]) -> Accel | None:
+    """The choice where no probe boot is needed: asked for by ``PYDMABUF_VM_ACCEL``,
+    TCG where /dev/kvm cannot be opened, or the remembered answer of an earlier probe
+    for ``key()`` (called only then: finding the guest kernel may cost). None: only a
+    probe can tell. ValueError for a bad ``PYDMABUF_VM_ACCEL``."""
+    wanted = requested()
+    if wanted != "auto":
+        return Accel(wanted, f"PYDMABUF_VM_ACCEL={wanted}")
+    problem = kvm_problem()
+    if problem is not None:
+        return Accel("tcg", f"software emulation: {problem}")
+    probe_key = key()
+    return recall(probe_key) if probe_key is not None else None
 
 
 def _load() -> dict[str, dict[str, object]]:

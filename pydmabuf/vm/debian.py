@@ -164,8 +164,11 @@ class PrivateApt:
             # apt's _apt sandbox user cannot write into a private root-owned tree.
             self._options.append("-oAPT::Sandbox::User=root")
 
+    def _command(self, tool: str, *args: str) -> list[str]:
+        return [tool, *self._options, *args]
+
     def _run(self, tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [tool, *self._options, *args]
+        cmd = self._command(tool, *args)
         try:
             done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
         except FileNotFoundError as exc:
@@ -207,7 +210,7 @@ class PrivateApt:
         # that name and the size: watch the file grow.
         uris = self._run("apt-get", "-q", "download", "--print-uris", package, cwd=dest).stdout.split()
         name, total = (uris[1], int(uris[2])) if len(uris) >= 3 and uris[2].isdigit() else (None, None)
-        cmd = ["apt-get", *self._options, "-q", "download", package]
+        cmd = self._command("apt-get", "-q", "download", package)
         meter = Meter(stream, f"pydmabuf.vm: {package}", total)
         with tempfile.TemporaryFile("w+") as errors:
             proc = subprocess.Popen(cmd, cwd=dest, stdout=subprocess.DEVNULL, stderr=errors, text=True)

@@ -85,34 +85,33 @@ def choose_accel(kernel: Kernel | None = None, *, stream: TextIO | None = None) 
     With ``PYDMABUF_VM_ACCEL=auto`` (the default) and a usable /dev/kvm, the first
     call per host, QEMU and guest kernel boots a short probe under KVM (at most
     :data:`PROBE_TIMEOUT` seconds) and remembers whether it worked."""
+    qemu_binary = find_qemu()
+    guest = kernel
+
+    def key() -> str | None:
+        nonlocal guest
+        guest = guest or ensure_kernel()
+        return accelerators.cache_key(qemu_binary, guest.release) if qemu_binary else None
+
     try:
-        wanted = accelerators.requested()
+        known = accelerators.without_probe(key)
     except ValueError as exc:
         raise VMError(str(exc)) from None
-    if wanted != "auto":
-        return Accel(wanted, f"PYDMABUF_VM_ACCEL={wanted}")
-    problem = accelerators.kvm_problem()
-    if problem is not None:
-        return Accel("tcg", f"software emulation: {problem}")
-    qemu_binary = find_qemu()
-    if qemu_binary is None:
-        raise VMError(available()[1])
-    kernel = kernel or ensure_kernel()
-    key = accelerators.cache_key(qemu_binary, kernel.release)
-    known = accelerators.recall(key)
     if known is not None:
         return known
+    if qemu_binary is None or guest is None:
+        raise VMError(available()[1])
     if stream is not None:
         stream.write("pydmabuf.vm: /dev/kvm is there; trying a short boot under KVM (once per host and kernel)\n")
         stream.flush()
-    probe = run([sys.executable, "-c", f"print({_PROBE_WORDS!r})"], cwd="/", live_dirs=[], kernel=kernel,
+    probe = run([sys.executable, "-c", f"print({_PROBE_WORDS!r})"], cwd="/", live_dirs=[], kernel=guest,
                 timeout=PROBE_TIMEOUT, accel="kvm")
     if probe.ok and _PROBE_WORDS in probe.output:
         verdict = Accel("kvm", f"a probe boot under KVM worked in {probe.total_seconds:.1f} s")
     else:
         failure = probe.error or f"the probe exited {probe.returncode}"
         verdict = Accel("tcg", f"software emulation: a probe boot under KVM failed ({failure})")
-    accelerators.remember(key, verdict)
+    accelerators.remember(accelerators.cache_key(qemu_binary, guest.release), verdict)
     if stream is not None:
         stream.write(f"pydmabuf.vm: accelerator {verdict}\n")
         stream.flush()
